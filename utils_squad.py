@@ -1,0 +1,714 @@
+"""SQuAD v1.1 data pipeline: reading, windowed features, a safe feature cache, and
+post-processing of start/end logits into answer texts.
+
+transformers 5 removed ``squad_convert_examples_to_features``, the SQuAD processors and
+``squad_metrics``; this module replaces them on top of a fast tokenizer's offset mappings while
+keeping the reference windowing (``doc_stride`` is the step between window starts), the
+reference training labels (CLS when the answer is not fully inside a window) and the reference
+n-best search (top-k starts x top-k ends, max-context rule, length limit, de-duplicated texts).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
+
+
+class SquadFormatError(ValueError):
+    """A SQuAD file that is missing, not JSON, or not SQuAD v1.1; the message names the place."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SquadExample:
+    """One question. ``answers``: every gold answer for evaluation, the first one for training."""
+
+    qas_id: str
+    title: str
+    question: str
+    context: str
+    answers: list[dict]
+
+
+def _read_squad_json(path) -> tuple[bytes, Any]:
+    """The raw bytes (for the cache key) and the parsed JSON of a SQuAD file."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SquadFormatError(f"{path}: file does not exist") from None
+    except OSError as err:
+        raise SquadFormatError(f"{path}: cannot read file: {err}") from None
+    try:
+        return raw, json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SquadFormatError(f"{path}: not a JSON file: {err}") from None
+
+
+def _field(obj: Any, key: str, kind: type | tuple, path, place: str) -> Any:
+    """``obj[key]``, checked to exist and to be of ``kind`` (bools are not ints)."""
+    if not isinstance(obj, dict):
+        raise SquadFormatError(f"{path}: {place}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise SquadFormatError(f"{path}: {place}: missing '{key}'")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise SquadFormatError(f"{path}: {place}.{key}: expected {names}, "
+                               f"got {type(value).__name__}")
+    return value
+
+
+def _reject_squad2(qa: dict, answers: list, path, place: str) -> None:
+    if qa.get("is_impossible") or "plausible_answers" in qa or not answers:
+        raise SquadFormatError(f"{path}: {place}: unanswerable question (SQuAD 2.0 data); "
+                               "only SQuAD 1.1 is supported")
+
+
+def _is_reference_whitespace(ch: str) -> bool:
+    return ch in " \t\r\n" or ord(ch) == 0x202F
+
+
+def _reference_words(context: str) -> tuple[list[str], list[int]]:
+    """The reference's white-space words of a context and each character's word index
+    (a white-space character belongs to the word before it)."""
+    words, char_to_word = [], []
+    previous_is_space = True
+    for ch in context:
+        if _is_reference_whitespace(ch):
+            previous_is_space = True
+        else:
+            if previous_is_space:
+                words.append(ch)
+            else:
+                words[-1] += ch
+            previous_is_space = False
+        char_to_word.append(len(words) - 1)
+    return words, char_to_word
+
+
+def _answer_matches_context(words: list[str], char_to_word: list[int], text: str, start: int) -> bool:
+    """The reference check for training answers: the words covering the answer's characters,
+    joined by single spaces, must contain the white-space-normalised answer text."""
+    if not 0 <= start < len(char_to_word) or not text.strip():
+        return False
+    first = max(char_to_word[start], 0)
+    last = char_to_word[min(start + len(text) - 1, len(char_to_word) - 1)]
+    return " ".join(words[first:last + 1]).find(" ".join(text.split())) != -1
+
+
+def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
+    """Validate a parsed SQuAD v1.1 JSON and turn it into examples (file order)."""
+    articles = _field(data, "data", list, path, "top level")
+    examples, misaligned, seen_ids = [], [], set()
+    for a, article in enumerate(articles):
+        place_a = f"data[{a}]"
+        paragraphs = _field(article, "paragraphs", list, path, place_a)
+        title = _field(article, "title", str, path, place_a) if "title" in article else ""
+        for p, paragraph in enumerate(paragraphs):
+            place_p = f"{place_a}.paragraphs[{p}]"
+            context = _field(paragraph, "context", str, path, place_p)
+            words = None  # the reference's word split, built once per paragraph when needed
+            for q, qa in enumerate(_field(paragraph, "qas", list, path, place_p)):
+                place = f"{place_p}.qas[{q}]"
+                qas_id = _field(qa, "id", str, path, place)
+                question = _field(qa, "question", str, path, place)
+                answers = _field(qa, "answers", list, path, place)
+                _reject_squad2(qa, answers, path, place)
+                if qas_id in seen_ids:
+                    raise SquadFormatError(f"{path}: {place}.id: duplicate question id {qas_id!r}")
+                seen_ids.add(qas_id)
+                gold = [{"text": _field(ans, "text", str, path, f"{place}.answers[{i}]"),
+                         "answer_start": _field(ans, "answer_start", int, path,
+                                                f"{place}.answers[{i}]")}
+                        for i, ans in enumerate(answers)]
+                if is_training:
+                    # The reference trains on the first answer only and skips misaligned ones.
+                    gold = gold[:1]
+                    if words is None:
+                        words = _reference_words(context)
+                    if not _answer_matches_context(*words, gold[0]["text"], gold[0]["answer_start"]):
+                        misaligned.append(qas_id)
+                        continue
+                examples.append(SquadExample(qas_id, title, question, context, gold))
+    if misaligned:
+        logger.warning("%s: skipped %d training question(s) whose answer text does not match "
+                       "the context at answer_start: %s", path, len(misaligned), ", ".join(misaligned))
+    return examples
+
+
+def read_squad_examples(path, is_training: bool) -> list[SquadExample]:
+    """Read a SQuAD v1.1 JSON file into examples, one per question, in file order.
+
+    Raises SquadFormatError (naming the file and the place) for a missing file, a file that is
+    not JSON or not SQuAD, and for SQuAD 2.0 data. For training, questions whose first answer
+    does not match the context are skipped with one warning listing their ids.
+    """
+    _, data = _read_squad_json(path)
+    return _parse_examples(data, path, is_training)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer checks
+# --------------------------------------------------------------------------------------------
+
+def _backend_json(tokenizer) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return {}
+    try:
+        return json.loads(backend.to_str())
+    except Exception:  # a backend without a JSON form: fall back to the Python attributes
+        return {}
+
+
+def _normalizer_lowercases(normalizer: Any) -> bool | None:
+    if not isinstance(normalizer, dict):
+        return None
+    kind = normalizer.get("type")
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase"))
+    if kind == "Lowercase":
+        return True
+    if kind == "Sequence":
+        found = [_normalizer_lowercases(n) for n in normalizer.get("normalizers", [])]
+        return True if any(found) else (False if found else None)
+    return False
+
+
+def tokenizer_lower_case(tokenizer) -> bool | None:
+    """Whether ``tokenizer`` lower-cases its input (from its backend normaliser, else from
+    ``do_lower_case``); None when it cannot be told."""
+    found = _normalizer_lowercases(_backend_json(tokenizer).get("normalizer"))
+    if found is not None:
+        return found
+    flag = getattr(tokenizer, "do_lower_case", None)
+    if flag is None:
+        flag = getattr(tokenizer, "init_kwargs", {}).get("do_lower_case")
+    return None if flag is None else bool(flag)
+
+
+def check_lower_case(tokenizer, do_lower_case: bool) -> None:
+    """Warn when ``--do_lower_case`` disagrees with the tokenizer, which decides lower-casing."""
+    actual = tokenizer_lower_case(tokenizer)
+    if actual is None:
+        logger.warning("cannot tell whether the tokenizer lower-cases; --do_lower_case=%s is not "
+                       "applied (the tokenizer decides)", do_lower_case)
+    elif actual != bool(do_lower_case):
+        logger.warning("--do_lower_case=%s but the tokenizer %s lower-case; the tokenizer's "
+                       "setting is used", do_lower_case, "does" if actual else "does not")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides tokenisation: class, lower-casing, vocabulary (in id order),
+    special tokens and the backend normaliser / pre-tokeniser."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    backend = _backend_json(tokenizer)
+    summary = {
+        "class": type(tokenizer).__name__,
+        "lower_case": tokenizer_lower_case(tokenizer),
+        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "normalizer": backend.get("normalizer"),
+        "pre_tokenizer": backend.get("pre_tokenizer"),
+    }
+    digest = hashlib.sha256(json.dumps(summary, sort_keys=True).encode("utf-8"))
+    digest.update("\n".join(f"{token}\t{index}" for token, index in vocab).encode("utf-8"))
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SquadFeatures:
+    """Tokenised windows (one row per window) aligned with a list of examples.
+
+    ``offset_mapping`` (evaluation only): per feature, the (start_char, end_char) of each
+    context token in the example's context, and None for every other token.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    start_positions: torch.Tensor | None
+    end_positions: torch.Tensor | None
+    example_index: torch.Tensor
+    offset_mapping: list | None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def train_dataset(self) -> TensorDataset:
+        """(input_ids, attention_mask, token_type_ids, start_positions, end_positions)."""
+        if self.start_positions is None or self.end_positions is None:
+            raise ValueError("these features were built for evaluation: no answer positions")
+        return TensorDataset(self.input_ids, self.attention_mask, self.token_type_ids,
+                             self.start_positions, self.end_positions)
+
+    def eval_dataset(self) -> TensorDataset:
+        """(input_ids, attention_mask, token_type_ids, feature_index)."""
+        return TensorDataset(self.input_ids, self.attention_mask, self.token_type_ids,
+                             torch.arange(len(self), dtype=torch.long))
+
+    def context_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start_chars, end_chars) as int arrays [N, L], -1 where the token is not context."""
+        cached = self.__dict__.get("_context_offsets")
+        if cached is None:
+            if self.offset_mapping is None:
+                raise ValueError("these features were built for training: no offset mapping")
+            cached = _offset_lists_to_arrays(self.offset_mapping, self.input_ids.shape[1])
+            self.__dict__["_context_offsets"] = cached
+        return cached
+
+
+def _offset_lists_to_arrays(offset_mapping: list, length: int) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.full((len(offset_mapping), length), -1, dtype=np.int64)
+    ends = np.full_like(starts, -1)
+    for row, offsets in enumerate(offset_mapping):
+        for col, span in enumerate(offsets):
+            if span is not None:
+                starts[row, col], ends[row, col] = span
+    return starts, ends
+
+
+def _offset_arrays_to_lists(starts: np.ndarray, ends: np.ndarray) -> list:
+    """Per feature, a list with (start, end) for context tokens and None elsewhere; the context
+    tokens of a window are one contiguous run, which makes this a few slices per row."""
+    length = starts.shape[1]
+    is_context = starts >= 0
+    first = np.where(is_context.any(1), is_context.argmax(1), 0)
+    count = is_context.sum(1)
+    rows = []
+    for start_row, end_row, a, n in zip(starts.tolist(), ends.tolist(), first.tolist(), count.tolist()):
+        b = a + n
+        rows.append([None] * a + list(zip(start_row[a:b], end_row[a:b])) + [None] * (length - b))
+    return rows
+
+
+def _truncate_questions(tokenizer, questions: list[str], max_query_length: int):
+    """Questions cut after their ``max_query_length``-th token, and their token counts.
+
+    Cutting the text at the end of the last kept token re-tokenises to the same tokens
+    (WordPiece's greedy longest match keeps the first piece of a cut word)."""
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+    texts, lengths = [], []
+    for question, offsets in zip(questions, encoded["offset_mapping"]):
+        if len(offsets) > max_query_length:
+            question = question[:offsets[max_query_length - 1][1]] if max_query_length > 0 else ""
+        texts.append(question)
+        lengths.append(min(len(offsets), max_query_length))
+    return texts, np.asarray(lengths, dtype=np.int64)
+
+
+def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
+                   num_special_tokens: int = 3) -> int:
+    """The tokenizer's ``stride`` (an OVERLAP in tokens) that makes windows start every
+    ``doc_stride`` context tokens, as the reference's windowing does.
+
+    Each window holds ``max_seq_length - query_length - num_special_tokens`` context tokens;
+    consecutive windows overlap by that minus ``doc_stride`` (never below 0)."""
+    window = max_seq_length - query_length - num_special_tokens
+    if window <= 0:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
+                         f"{query_length}-token question; lower max_query_length")
+    return max(window - doc_stride, 0)
+
+
+def _tokenize_group(tokenizer, questions, contexts, query_length, max_seq_length, doc_stride):
+    """One batched tokenizer call for questions of the same (truncated) token length."""
+    overlap = window_overlap(max_seq_length, doc_stride, query_length,
+                             tokenizer.num_special_tokens_to_add(pair=True))
+    return tokenizer(questions, contexts, truncation="only_second", max_length=max_seq_length,
+                     stride=overlap, return_overflowing_tokens=True, return_offsets_mapping=True,
+                     return_special_tokens_mask=True, padding="max_length", return_tensors="np")
+
+
+def _answer_char_spans(examples: list[SquadExample]) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) character span of each example's first answer, without edge white space."""
+    starts, ends = [], []
+    for example in examples:
+        answer = example.answers[0]
+        text = answer["text"]
+        start = answer["answer_start"] + (len(text) - len(text.lstrip()))
+        starts.append(start)
+        ends.append(max(start + len(text.strip()), start + 1))
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def _answer_token_positions(starts, ends, answer_start, answer_end):
+    """Start/end token of the answer in each window, or CLS when it is not fully inside.
+
+    ``starts``/``ends`` [N, L]: char offsets of context tokens (-1 elsewhere); ``answer_*`` [N]:
+    the answer's character span for each window's example."""
+    is_context = starts >= 0
+    big = np.iinfo(np.int64).max
+    window_first_char = np.where(is_context, starts, big).min(1)
+    window_last_char = np.where(is_context, ends, -1).max(1)
+    inside = (window_first_char <= answer_start) & (window_last_char >= answer_end)
+    # First context token ending after the answer start; last one starting before its end.
+    start_hits = is_context & (ends > answer_start[:, None])
+    end_hits = is_context & (starts < answer_end[:, None])
+    start_tok = start_hits.argmax(1)
+    end_tok = starts.shape[1] - 1 - end_hits[:, ::-1].argmax(1)
+    start_tok = np.where(inside, start_tok, CLS_INDEX)
+    end_tok = np.where(inside, end_tok, CLS_INDEX)
+    return start_tok, end_tok
+
+
+def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_seq_length: int = 384,
+                                 doc_stride: int = 128, max_query_length: int = 64,
+                                 is_training: bool = False) -> SquadFeatures:
+    """Tokenise examples into ``[CLS] question [SEP] context-window [SEP]`` features.
+
+    Questions are cut to ``max_query_length`` tokens; contexts are split into windows that
+    start every ``doc_stride`` context tokens (the reference windowing). Training features carry
+    the answer's token positions (CLS when the answer is not fully inside the window);
+    evaluation features carry the context tokens' character offsets.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast (Rust-backed) tokenizer is required for offset mappings")
+    if doc_stride <= 0:
+        raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+    questions, query_lengths = _truncate_questions(
+        tokenizer, [e.question for e in examples], max_query_length)
+    parts = {"input_ids": [], "attention_mask": [], "token_type_ids": [], "starts": [],
+             "ends": [], "example_index": []}
+    # The overlap depends on the question length, so tokenise each length in its own batch.
+    for query_length in tqdm(np.unique(query_lengths), desc="features", leave=False,
+                             disable=len(examples) < 2000):
+        group = np.flatnonzero(query_lengths == query_length)
+        enc = _tokenize_group(tokenizer, [questions[i] for i in group],
+                              [examples[i].context for i in group], int(query_length),
+                              max_seq_length, doc_stride)
+        # Context tokens: the non-special tokens after the question's ``query_length`` ones.
+        content = (enc["special_tokens_mask"] == 0) & (enc["attention_mask"] == 1)
+        is_context = content & (np.cumsum(content, axis=1) > query_length)
+        offsets = enc["offset_mapping"]
+        parts["starts"].append(np.where(is_context, offsets[..., 0], -1))
+        parts["ends"].append(np.where(is_context, offsets[..., 1], -1))
+        parts["input_ids"].append(enc["input_ids"])
+        parts["attention_mask"].append(enc["attention_mask"])
+        parts["token_type_ids"].append(enc["token_type_ids"] if "token_type_ids" in enc
+                                       else np.zeros_like(enc["input_ids"]))
+        parts["example_index"].append(group[enc["overflow_to_sample_mapping"]])
+    if not examples:
+        return _empty_features(max_seq_length, is_training)
+    merged = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.argsort(merged["example_index"], kind="stable")  # example order, windows in order
+    merged = {k: v[order] for k, v in merged.items()}
+    return _features_from_arrays(merged, examples, is_training)
+
+
+def _empty_features(max_seq_length: int, is_training: bool) -> SquadFeatures:
+    empty = torch.zeros((0, max_seq_length), dtype=torch.long)
+    none_or_empty = torch.zeros(0, dtype=torch.long) if is_training else None
+    return SquadFeatures(empty, empty.clone(), empty.clone(), none_or_empty,
+                         None if none_or_empty is None else none_or_empty.clone(),
+                         torch.zeros(0, dtype=torch.long), None if is_training else [])
+
+
+def _features_from_arrays(arrays: dict, examples: list[SquadExample], is_training: bool) -> SquadFeatures:
+    example_index = arrays["example_index"]
+    start_positions = end_positions = offset_mapping = None
+    if is_training:
+        answer_start, answer_end = _answer_char_spans(examples)
+        start_tok, end_tok = _answer_token_positions(arrays["starts"], arrays["ends"],
+                                                     answer_start[example_index],
+                                                     answer_end[example_index])
+        start_positions = torch.as_tensor(start_tok, dtype=torch.long)
+        end_positions = torch.as_tensor(end_tok, dtype=torch.long)
+    else:
+        offset_mapping = _offset_arrays_to_lists(arrays["starts"], arrays["ends"])
+    features = SquadFeatures(
+        input_ids=torch.as_tensor(arrays["input_ids"], dtype=torch.long),
+        attention_mask=torch.as_tensor(arrays["attention_mask"], dtype=torch.long),
+        token_type_ids=torch.as_tensor(arrays["token_type_ids"], dtype=torch.long),
+        start_positions=start_positions,
+        end_positions=end_positions,
+        example_index=torch.as_tensor(example_index, dtype=torch.long),
+        offset_mapping=offset_mapping,
+    )
+    if not is_training:
+        features.__dict__["_context_offsets"] = (arrays["starts"].astype(np.int64),
+                                                 arrays["ends"].astype(np.int64))
+    return features
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+def _cache_key(raw: bytes, tokenizer, max_seq_length, doc_stride, max_query_length,
+               is_training, max_examples) -> dict:
+    return {
+        "format": CACHE_FORMAT_VERSION,
+        "data_sha256": hashlib.sha256(raw).hexdigest(),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_seq_length": max_seq_length,
+        "doc_stride": doc_stride,
+        "max_query_length": max_query_length,
+        "split": "train" if is_training else "eval",
+        "max_examples": max_examples,
+    }
+
+
+def _cache_path(cache_dir, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+    return Path(cache_dir) / f"cached_squad_{key['split']}_{digest[:24]}.safetensors"
+
+
+def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"input_ids": features.input_ids, "attention_mask": features.attention_mask,
+               "token_type_ids": features.token_type_ids, "example_index": features.example_index}
+    if features.start_positions is not None:
+        tensors["start_positions"] = features.start_positions
+        tensors["end_positions"] = features.end_positions
+    if features.offset_mapping is not None:
+        starts, ends = features.context_offsets()
+        tensors["offset_starts"] = torch.as_tensor(starts, dtype=torch.int32)
+        tensors["offset_ends"] = torch.as_tensor(ends, dtype=torch.int32)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(path: Path, key: dict, num_examples: int, is_training: bool) -> SquadFeatures:
+    """Features from a cache file; ValueError when it is stale or inconsistent."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if json.loads(metadata.get("key", "null")) != key:
+            raise ValueError("cache key does not match")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    n, length = tensors["input_ids"].shape
+    names = ["attention_mask", "token_type_ids"] + (
+        ["start_positions", "end_positions"] if is_training else ["offset_starts", "offset_ends"])
+    for name in names:
+        expected = (n,) if name.endswith("positions") else (n, length)
+        if name not in tensors or tuple(tensors[name].shape) != expected:
+            raise ValueError(f"tensor {name!r} is missing or has the wrong shape")
+    example_index = tensors["example_index"].long()
+    if tuple(example_index.shape) != (n,) or (n and (example_index.min() < 0
+                                                     or example_index.max() >= num_examples)):
+        raise ValueError("example_index does not fit the examples")
+    features = SquadFeatures(
+        input_ids=tensors["input_ids"].long(), attention_mask=tensors["attention_mask"].long(),
+        token_type_ids=tensors["token_type_ids"].long(),
+        start_positions=tensors["start_positions"].long() if is_training else None,
+        end_positions=tensors["end_positions"].long() if is_training else None,
+        example_index=example_index, offset_mapping=None)
+    if not is_training:
+        starts = tensors["offset_starts"].numpy().astype(np.int64)
+        ends = tensors["offset_ends"].numpy().astype(np.int64)
+        features.offset_mapping = _offset_arrays_to_lists(starts, ends)
+        features.__dict__["_context_offsets"] = (starts, ends)
+    return features
+
+
+def load_or_build_features(data_file, tokenizer, *, max_seq_length: int = 384, doc_stride: int = 128,
+                           max_query_length: int = 64, is_training: bool, cache_dir=None,
+                           overwrite_cache: bool = False, max_examples: int | None = None):
+    """Read ``data_file`` and featurise it, through a cache when ``cache_dir`` is given.
+
+    Returns (examples, features). ``max_examples`` keeps the first N questions. The cache is
+    keyed by the data's sha256, the tokenizer fingerprint, the lengths, the split and
+    ``max_examples``; a corrupt or stale cache is rebuilt with a warning, and a cache that
+    cannot be written only warns.
+    """
+    raw, data = _read_squad_json(data_file)
+    examples = _parse_examples(data, data_file, is_training)
+    if max_examples is not None:
+        if max_examples < 0:
+            raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+        examples = examples[:max_examples]
+    build = lambda: convert_examples_to_features(  # noqa: E731
+        examples, tokenizer, max_seq_length, doc_stride, max_query_length, is_training)
+    if cache_dir is None:
+        return examples, build()
+
+    key = _cache_key(raw, tokenizer, max_seq_length, doc_stride, max_query_length,
+                     is_training, max_examples)
+    path = _cache_path(cache_dir, key)
+    if path.exists() and not overwrite_cache:
+        try:
+            features = _load_cache(path, key, len(examples), is_training)
+            logger.info("loaded features from cache %s", path)
+            return examples, features
+        except Exception as err:  # any unreadable cache is rebuilt, never trusted
+            logger.warning("feature cache %s is corrupt or stale (%s); rebuilding it", path, err)
+    features = build()
+    try:
+        _save_cache(path, key, features)
+        logger.info("saved features to cache %s", path)
+    except OSError as err:
+        logger.warning("could not write the feature cache %s: %s", path, err)
+    return examples, features
+
+
+# --------------------------------------------------------------------------------------------
+# Post-processing
+# --------------------------------------------------------------------------------------------
+
+def _max_context_mask(starts: np.ndarray, example_index: np.ndarray) -> np.ndarray:
+    """[N, L] True where the window is the token's "max context" window (reference rule:
+    score = min(left, right context) + 0.01 * window length; the first window wins ties)."""
+    is_context = starts >= 0
+    result = is_context.copy()
+    # Only tokens of examples with several windows can have a better window elsewhere.
+    counts = np.bincount(example_index, minlength=int(example_index.max()) + 1)
+    multi = np.flatnonzero(counts[example_index] > 1)
+    if multi.size == 0:
+        return result
+    ctx = is_context[multi]
+    position = np.cumsum(ctx, axis=1) - 1
+    length = ctx.sum(1, keepdims=True)
+    score = np.minimum(position, length - 1 - position) + 0.01 * length
+    rows, cols = np.nonzero(ctx)
+    feature = multi[rows]
+    token_key = starts[feature, cols]  # a context token is identified by its start character
+    order = np.lexsort((feature, -score[rows, cols], token_key, example_index[feature]))
+    key_ex, key_tok = example_index[feature][order], token_key[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (key_ex[1:] != key_ex[:-1]) | (key_tok[1:] != key_tok[:-1])
+    result[multi] = False
+    result[feature[order[first]], cols[order[first]]] = True
+    return result
+
+
+def _softmax(scores: list[float]) -> list[float]:
+    if not scores:
+        return []
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _as_numpy(logits) -> np.ndarray:
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().cpu().float().numpy()
+    return np.asarray(logits, dtype=np.float64)
+
+
+def postprocess_predictions(examples: list[SquadExample], features: SquadFeatures, start_logits,
+                            end_logits, n_best_size: int = 20, max_answer_length: int = 30):
+    """Answer text and n-best list for every example from per-feature start/end logits [N, L].
+
+    As the reference: the top ``n_best_size`` start and end positions of each window are
+    paired; a pair is kept when both are context tokens, the start's window is its max-context
+    window, start <= end and the span is at most ``max_answer_length`` tokens. Pairs of all
+    windows of an example are ranked by start + end logit; texts are cut from the original
+    context by character offsets and de-duplicated.
+    """
+    start_logits, end_logits = _as_numpy(start_logits), _as_numpy(end_logits)
+    starts, ends = features.context_offsets()
+    if start_logits.shape != starts.shape or end_logits.shape != starts.shape:
+        raise ValueError(f"logits must have the features' shape {starts.shape}, got "
+                         f"{start_logits.shape} and {end_logits.shape}")
+    example_index = features.example_index.numpy()
+    k = min(n_best_size, starts.shape[1])
+    top_start = np.argsort(-start_logits, axis=1, kind="stable")[:, :k]
+    top_end = np.argsort(-end_logits, axis=1, kind="stable")[:, :k]
+
+    is_context = starts >= 0
+    can_start = np.take_along_axis(is_context & _max_context_mask(starts, example_index)
+                                   if len(features) else is_context, top_start, axis=1)
+    can_end = np.take_along_axis(is_context, top_end, axis=1)
+    span = top_end[:, None, :] - top_start[:, :, None]
+    valid = can_start[:, :, None] & can_end[:, None, :] & (span >= 0) & (span < max_answer_length)
+    # Row-major nonzero = the reference's loop order (feature, start rank, end rank).
+    feat, i, j = np.nonzero(valid)
+    s_tok, e_tok = top_start[feat, i], top_end[feat, j]
+    s_logit, e_logit = start_logits[feat, s_tok], end_logits[feat, e_tok]
+    cand_example = example_index[feat]
+    order = np.lexsort((np.arange(feat.size), -(s_logit + e_logit), cand_example))
+    cand_example = cand_example[order]
+    bounds = np.searchsorted(cand_example, np.arange(len(examples) + 1))
+    char_start = starts[feat, s_tok][order].tolist()
+    char_end = ends[feat, e_tok][order].tolist()
+    s_logit, e_logit = s_logit[order].tolist(), e_logit[order].tolist()
+
+    predictions, all_nbest = {}, {}
+    for ex_id, example in enumerate(tqdm(examples, desc="post-processing", leave=False,
+                                         disable=len(examples) < 2000)):
+        nbest, seen = [], set()
+        for c in range(bounds[ex_id], bounds[ex_id + 1]):
+            text = example.context[char_start[c]:char_end[c]]
+            if text in seen:
+                continue
+            seen.add(text)
+            nbest.append({"text": text, "start_logit": s_logit[c], "end_logit": e_logit[c]})
+            if len(nbest) >= n_best_size:
+                break
+        if not nbest:  # the reference's placeholder when no span is valid
+            nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0})
+        probs = _softmax([n["start_logit"] + n["end_logit"] for n in nbest])
+        all_nbest[example.qas_id] = [
+            {"text": n["text"], "probability": p, "start_logit": n["start_logit"],
+             "end_logit": n["end_logit"]} for n, p in zip(nbest, probs)]
+        predictions[example.qas_id] = nbest[0]["text"]
+    return predictions, all_nbest
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_predictions(predictions: dict, nbest: dict, output_dir, prefix: str = ""):
+    """Write ``{prefix}predictions.json`` ({id: text}) and ``{prefix}nbest_predictions.json``."""
+    output_dir = Path(output_dir)
+    pred_path = output_dir / f"{prefix}predictions.json"
+    nbest_path = output_dir / f"{prefix}nbest_predictions.json"
+    atomic_write_json(pred_path, predictions)
+    atomic_write_json(nbest_path, nbest)
+    return pred_path, nbest_path
