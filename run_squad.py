@@ -258,7 +258,9 @@ def checkpoint_has_fit_dense(folder: str) -> bool:
 def load_model(path: str, config_name: str | None = None, **config_overrides) -> BertForQuestionAnswering:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(config_name or path, **config_overrides)
+    config = AutoConfig.from_pretrained(config_name or path)
+    for key, value in config_overrides.items():  # transformers 5 drops unknown config kwargs
+        setattr(config, key, value)
     return BertForQuestionAnswering.from_pretrained(path, config=config)
 
 

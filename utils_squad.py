@@ -116,6 +116,16 @@ def _answer_matches_context(words: list[str], char_to_word: list[int], text: str
     return " ".join(words[first:last + 1]).find(" ".join(text.split())) != -1
 
 
+def _parse_answers(answers: list, path, place: str) -> list[dict]:
+    """[{"text", "answer_start"}] with both fields checked."""
+    parsed = []
+    for i, answer in enumerate(answers):
+        where = f"{place}.answers[{i}]"
+        parsed.append({"text": _field(answer, "text", str, path, where),
+                       "answer_start": _field(answer, "answer_start", int, path, where)})
+    return parsed
+
+
 def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
     """Validate a parsed SQuAD v1.1 JSON and turn it into examples (file order)."""
     articles = _field(data, "data", list, path, "top level")
@@ -137,10 +147,7 @@ def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
                 if qas_id in seen_ids:
                     raise SquadFormatError(f"{path}: {place}.id: duplicate question id {qas_id!r}")
                 seen_ids.add(qas_id)
-                gold = [{"text": _field(ans, "text", str, path, f"{place}.answers[{i}]"),
-                         "answer_start": _field(ans, "answer_start", int, path,
-                                                f"{place}.answers[{i}]")}
-                        for i, ans in enumerate(answers)]
+                gold = _parse_answers(answers, path, place)
                 if is_training:
                     # The reference trains on the first answer only and skips misaligned ones.
                     gold = gold[:1]
@@ -390,6 +397,8 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
         raise ValueError("a fast (Rust-backed) tokenizer is required for offset mappings")
     if doc_stride <= 0:
         raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+    if not examples:
+        return _empty_features(max_seq_length, is_training)
     questions, query_lengths = _truncate_questions(
         tokenizer, [e.question for e in examples], max_query_length)
     parts = {"input_ids": [], "attention_mask": [], "token_type_ids": [], "starts": [],
@@ -412,8 +421,6 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
         parts["token_type_ids"].append(enc["token_type_ids"] if "token_type_ids" in enc
                                        else np.zeros_like(enc["input_ids"]))
         parts["example_index"].append(group[enc["overflow_to_sample_mapping"]])
-    if not examples:
-        return _empty_features(max_seq_length, is_training)
     merged = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.argsort(merged["example_index"], kind="stable")  # example order, windows in order
     merged = {k: v[order] for k, v in merged.items()}
@@ -422,10 +429,13 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
 
 def _empty_features(max_seq_length: int, is_training: bool) -> SquadFeatures:
     empty = torch.zeros((0, max_seq_length), dtype=torch.long)
-    none_or_empty = torch.zeros(0, dtype=torch.long) if is_training else None
-    return SquadFeatures(empty, empty.clone(), empty.clone(), none_or_empty,
-                         None if none_or_empty is None else none_or_empty.clone(),
-                         torch.zeros(0, dtype=torch.long), None if is_training else [])
+    positions = (lambda: torch.zeros(0, dtype=torch.long)) if is_training else (lambda: None)
+    features = SquadFeatures(empty, empty.clone(), empty.clone(), positions(), positions(),
+                             torch.zeros(0, dtype=torch.long), None if is_training else [])
+    if not is_training:
+        no_offsets = np.zeros((0, max_seq_length), dtype=np.int64)
+        features.__dict__["_context_offsets"] = (no_offsets, no_offsets.copy())
+    return features
 
 
 def _features_from_arrays(arrays: dict, examples: list[SquadExample], is_training: bool) -> SquadFeatures:
@@ -586,7 +596,9 @@ def _max_context_mask(starts: np.ndarray, example_index: np.ndarray) -> np.ndarr
     is_context = starts >= 0
     result = is_context.copy()
     # Only tokens of examples with several windows can have a better window elsewhere.
-    counts = np.bincount(example_index, minlength=int(example_index.max()) + 1)
+    if example_index.size == 0:
+        return result
+    counts = np.bincount(example_index)
     multi = np.flatnonzero(counts[example_index] > 1)
     if multi.size == 0:
         return result
@@ -642,8 +654,8 @@ def postprocess_predictions(examples: list[SquadExample], features: SquadFeature
     top_end = np.argsort(-end_logits, axis=1, kind="stable")[:, :k]
 
     is_context = starts >= 0
-    can_start = np.take_along_axis(is_context & _max_context_mask(starts, example_index)
-                                   if len(features) else is_context, top_start, axis=1)
+    can_start = np.take_along_axis(is_context & _max_context_mask(starts, example_index),
+                                   top_start, axis=1)
     can_end = np.take_along_axis(is_context, top_end, axis=1)
     span = top_end[:, None, :] - top_start[:, :, None]
     valid = can_start[:, :, None] & can_end[:, None, :] & (span >= 0) & (span < max_answer_length)

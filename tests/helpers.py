@@ -59,15 +59,16 @@ def build_vocab(texts) -> list[str]:
 
 
 def make_tiny_tokenizer(folder, texts=()):
-    """Save a BertTokenizerFast with a small vocabulary built from ``texts`` into ``folder``."""
+    """Save a BertTokenizerFast with a small vocabulary built from ``texts`` into ``folder``;
+    every word of ``texts`` is one token, so nothing becomes [UNK]."""
     from transformers import BertTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(build_vocab(texts)) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
-    tokenizer.save_pretrained(str(folder))
+    vocab = build_vocab(texts)
+    # transformers 5 takes the vocabulary itself (a ``vocab_file=`` keyword is silently ignored).
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))  # writes vocab.txt and tokenizer.json
     return tokenizer
 
 

@@ -1,0 +1,218 @@
+"""Length configurations for Drop-and-Restore: parsing, the LengthDrop samplers, the sandwich rule's
+sub-models, and MACs (analytic and measured with torchprofile).
+
+The samplers follow the Length-Adaptive Transformer's ``drop_and_restore_utils.py`` draw for draw,
+with ``rng`` (a ``random.Random``) in place of numpy's global generator.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import random
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def parse_length_config(value: str | Sequence[int], num_hidden_layers: int,
+                        max_seq_length: int) -> tuple[int, ...]:
+    """A validated length configuration from a JSON list string or a sequence of ints.
+
+    Expected: one integer per layer, each in [1, max_seq_length], non-increasing over layers.
+    Raises ValueError saying what was expected and what was got.
+    """
+    expected = (f"a JSON list of {num_hidden_layers} integers (one per layer), non-increasing, "
+                f"each in [1, {max_seq_length}], e.g. {[max_seq_length] * num_hidden_layers}")
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"length config: expected {expected}; got unparsable {value!r} ({error})") from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"length config: expected {expected}; got {_describe(value)}")
+    if len(value) != num_hidden_layers:
+        raise ValueError(f"length config: expected {expected}; got {len(value)} entries: {list(value)}")
+    for index, entry in enumerate(value):
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
+            raise ValueError(f"length config: expected {expected}; entry {index} is {_describe(entry)}")
+        if not 1 <= entry <= max_seq_length:
+            raise ValueError(f"length config: expected {expected}; entry {index} is {entry}, "
+                             f"outside [1, {max_seq_length}]")
+        if index and entry > value[index - 1]:
+            raise ValueError(f"length config: expected {expected}; entry {index} ({entry}) is larger "
+                             f"than entry {index - 1} ({value[index - 1]})")
+    return tuple(int(entry) for entry in value)
+
+
+def _binomial(rng: random.Random, trials: int, prob: float) -> int:
+    return sum(rng.random() < prob for _ in range(trials))
+
+
+def sample_length_configuration(max_seq_length: int, num_hidden_layers: int,
+                                layer_config: Sequence[int] | None = None,
+                                length_drop_prob: float | None = None,
+                                length_drop_ratio: float | None = None,
+                                length_drop_ratio_bound: float | None = None,
+                                min_length: int = 2, rng: random.Random | None = None
+                                ) -> tuple[int, ...]:
+    """Tokens kept per layer, as the reference: each layer in ``layer_config`` (all if None) shrinks
+    the current length by, in order of precedence, a Binomial(length, length_drop_prob) count, a
+    fixed ratio (``ceil(length * (1 - ratio))``), or a ratio drawn so that the new length is uniform
+    on ``[ceil(length * (1 - bound)), length]``; skipped layers keep the length; never below
+    ``min_length``. With no option given every layer keeps ``max_seq_length``."""
+    rng = rng or random
+    length = max_seq_length
+    lengths = []
+    for layer in range(num_hidden_layers):
+        if layer_config is None or layer in layer_config:
+            if length_drop_prob is not None:
+                length -= _binomial(rng, length, length_drop_prob)
+            elif length_drop_ratio is not None:
+                length = int(math.ceil(length * (1 - length_drop_ratio)))
+            elif length_drop_ratio_bound is not None:
+                length = rng.randint(int(math.ceil(length * (1 - length_drop_ratio_bound))), length)
+        length = max(length, min_length)
+        lengths.append(length)
+    return tuple(lengths)
+
+
+def sample_layer_configuration(num_hidden_layers: int, layer_dropout_prob: float | None = None,
+                               layer_dropout: int | None = None,
+                               layer_dropout_bound: int | None = None,
+                               rng: random.Random | None = None) -> tuple[int, ...]:
+    """Layers to run, as the reference: each layer independently dropped with
+    ``layer_dropout_prob`` (LayerDrop); else the last ``layer_dropout`` layers dropped; else the last
+    ``randint(0, layer_dropout_bound)`` layers dropped (at least one layer always stays in the last
+    two modes); else all layers (the reference returns None there)."""
+    rng = rng or random
+    if layer_dropout_prob is not None:
+        return tuple(i for i in range(num_hidden_layers) if rng.random() >= layer_dropout_prob)
+    if layer_dropout is not None:
+        return tuple(range(num_hidden_layers - min(layer_dropout, num_hidden_layers - 1)))
+    if layer_dropout_bound is not None:
+        bound = min(layer_dropout_bound, num_hidden_layers - 1)
+        return tuple(range(num_hidden_layers - rng.randint(0, bound)))
+    return tuple(range(num_hidden_layers))
+
+
+@dataclass
+class SubModel:
+    """One sub-model of a sandwich-rule training step."""
+
+    kind: str                               # "full", "smallest" or "random"
+    length_config: tuple[int, ...] | None   # None: full length
+    layer_config: tuple[int, ...]
+
+
+def sandwich_configurations(num_hidden_layers: int, max_seq_length: int, num_sandwich: int,
+                            length_drop_ratio_bound: float, layer_dropout_prob: float | None = None,
+                            layer_dropout_bound: int | None = None,
+                            rng: random.Random | None = None) -> list[SubModel]:
+    """The sub-models of one LengthDrop training step, in the reference's order (and draw order):
+    the full model (LayerDrop only if ``layer_dropout_prob``), the smallest (every layer drops
+    ``length_drop_ratio_bound``; ``layer_dropout_bound`` last layers dropped), then
+    ``num_sandwich`` random ones (lengths uniform within the bound, layer drop count random)."""
+    rng = rng or random
+    full_layers = sample_layer_configuration(num_hidden_layers, layer_dropout_prob, layer_dropout=0, rng=rng)
+    models = [SubModel("full", None, full_layers)]
+    for index in range(num_sandwich + 1):
+        smallest = index == 0
+        layers = sample_layer_configuration(
+            num_hidden_layers, layer_dropout_prob,
+            layer_dropout=layer_dropout_bound if smallest else None,
+            layer_dropout_bound=layer_dropout_bound, rng=rng)
+        lengths = sample_length_configuration(
+            max_seq_length, num_hidden_layers, layers,
+            length_drop_ratio=length_drop_ratio_bound if smallest else None,
+            length_drop_ratio_bound=length_drop_ratio_bound, rng=rng)
+        models.append(SubModel("smallest" if smallest else "random", lengths, layers))
+    return models
+
+
+def constant_rate_length_config(rate: float, num_hidden_layers: int, max_seq_length: int,
+                                min_length: int = 2) -> tuple[int, ...]:
+    """Every layer drops the fraction ``rate`` of the tokens it receives (cumulative:
+    ``ceil(previous * (1 - rate))``), as Dynamic-TinyBERT's ``--measure_rate`` (which calls the
+    sampler with ``length_drop_ratio=rate``)."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate: expected a drop ratio in [0, 1), got {rate!r}")
+    return sample_length_configuration(max_seq_length, num_hidden_layers, length_drop_ratio=rate,
+                                       min_length=min_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# MACs
+
+
+@lru_cache(maxsize=None)
+def activation_macs_per_element(hidden_act: str) -> int:
+    """MACs torchprofile counts per element for an activation (its ``aten::mul`` ops: 0 for
+    gelu/relu/silu, a few for the tanh-approximated GELUs)."""
+    import torchprofile
+    from transformers.activations import ACT2FN
+
+    width = 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        macs = torchprofile.profile_macs(ACT2FN[hidden_act], args=(torch.randn(1, width),))
+    return int(macs) // width
+
+
+def _executed_lengths(num_hidden_layers, seq_length, length_config, layer_config):
+    """(layer, tokens in, tokens out) for every executed layer, as the model runs them."""
+    layers = range(num_hidden_layers) if layer_config is None else sorted(set(layer_config))
+    length = seq_length
+    for layer in layers:
+        kept = length if length_config is None else min(length, length_config[layer])
+        yield layer, length, kept
+        length = kept
+
+
+def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None = None,
+                  layer_config: Sequence[int] | None = None) -> int:
+    """MACs of one unpadded sequence through ``modeling_bert.BertForQuestionAnswering``, counted as
+    torchprofile counts them: every linear layer and attention matmul, plus one MAC per element of
+    each LayerNorm (affine) and the activation's multiplications; embedding look-ups, softmax,
+    additions, token selection and restore count 0. Per executed layer with ``n`` tokens in and
+    ``k`` kept: Q/K/V + attention output projections ``4 n H^2``, scores and context ``2 n^2 H``,
+    attention LayerNorm ``n H``, feed-forward ``2 k H I`` + activation + LayerNorm ``k H``. Plus the
+    embedding LayerNorm ``L H`` and the QA head ``L H num_labels`` at full length."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    act = activation_macs_per_element(config.hidden_act)
+    macs = seq_length * hidden  # embedding LayerNorm
+    for _, n_in, kept in _executed_lengths(config.num_hidden_layers, seq_length, length_config, layer_config):
+        macs += 4 * n_in * hidden * hidden + 2 * n_in * n_in * hidden + n_in * hidden
+        macs += kept * (2 * hidden * inter + act * inter + hidden)
+    macs += seq_length * hidden * config.num_labels  # QA head
+    return macs
+
+
+def profile_macs(model, seq_length: int, length_config: Sequence[int] | None = None,
+                 layer_config: Sequence[int] | None = None) -> int:
+    """torchprofile MACs of ``model`` on a ``(1, seq_length)`` input of real tokens, traced anew for
+    this configuration (set as the model's default for the trace, then restored)."""
+    import torchprofile
+
+    saved_length, saved_layers = model.length_config, model.layer_config
+    device = next(model.parameters()).device
+    input_ids = torch.ones(1, seq_length, dtype=torch.long, device=device)
+    was_training = model.training
+    try:
+        model.eval()
+        model.set_length_config(length_config)
+        model.set_layer_config(layer_config)
+        with torch.no_grad(), warnings.catch_warnings():
+            # index/sort ops have no torchprofile handler; they are 0 MACs by design
+            warnings.filterwarnings("ignore", message="No handlers found")
+            return int(torchprofile.profile_macs(model, args=(input_ids,)))
+    finally:
+        model.length_config, model.layer_config = saved_length, saved_layers
+        model.train(was_training)

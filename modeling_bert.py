@@ -1,0 +1,428 @@
+"""A BERT question-answering model with Drop-and-Restore length reduction (LengthDrop).
+
+Re-implementation, for current torch/transformers, of the Length-Adaptive Transformer's BERT
+(Kim & Cho 2021) as used by Dynamic-TinyBERT (Intel Labs 2021):
+
+* After a layer's self-attention, every token gets a significance score: the attention it
+  receives, summed over heads and (real) queries (PoWER-BERT). The layer keeps the ``k`` most
+  significant tokens (``k = length_config[layer]``) and runs its feed-forward block on them only;
+  later layers see only the kept tokens.
+* Restore: a dropped token keeps the hidden state of the last layer that kept it, so the QA head
+  sees every input position and span logits exist for all of them.
+* ``layer_config`` (LayerDrop): the layers to run; the others pass their input through.
+
+Module and parameter names are exactly those of ``transformers.BertForQuestionAnswering`` so
+checkpoints load in both directions. Masking uses an additive -10000 (as transformers 3.x, which
+the reference targeted, and TinyBERT); ``attention_scores`` therefore holds -10000-shifted values
+at padded keys (TinyBERT's attention loss zeroes entries <= -1e2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertIntermediate,
+    BertOutput,
+    BertPreTrainedModel,
+    BertSelfOutput,
+)
+from transformers.utils import ModelOutput
+
+# Additive mask value for padded keys (transformers 3.x / TinyBERT convention).
+MASK_VALUE = -10000.0
+# Score elements per chunk in the inference attention loop (2M floats = 8 MiB).
+_CHUNK_SCORES = 2 * 1024 * 1024
+
+
+@dataclass
+class QAOutput(ModelOutput):
+    """Outputs of :class:`BertForQuestionAnswering`.
+
+    hidden_states: ``num_hidden_layers + 1`` tensors ``[B, L, H]`` at full (restored) length.
+    attentions / attention_scores: one tensor ``[B, heads, n, n]`` per *executed* layer, ``n`` the
+    number of tokens entering that layer, kept tokens in their original order; scores are
+    pre-softmax with the additive -10000 padding mask applied.
+    """
+
+    loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    attention_scores: tuple[torch.Tensor, ...] | None = None
+
+
+def _flat_rows(index: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Row numbers into a ``[B * seq_len, H]`` view for per-example token indices ``[B, k]``."""
+    offsets = torch.arange(index.size(0), device=index.device).unsqueeze(1) * seq_len
+    return (index + offsets).reshape(-1)
+
+
+def gather_tokens(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``hidden[b, index[b]]`` for ``hidden [B, n, H]`` and ``index [B, k]`` -> ``[B, k, H]``."""
+    batch, seq_len, width = hidden.shape
+    rows = hidden.reshape(batch * seq_len, width).index_select(0, _flat_rows(index, seq_len))
+    return rows.view(batch, index.size(1), width)
+
+
+def scatter_tokens(base: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``base [B, L, H]`` with ``base[b, index[b]] = values[b]`` (out of place)."""
+    batch, seq_len, width = base.shape
+    flat = base.reshape(batch * seq_len, width).index_copy(
+        0, _flat_rows(index, seq_len), values.reshape(-1, width).to(base.dtype))
+    return flat.view(batch, seq_len, width)
+
+
+def significance_from_probs(probs: torch.Tensor, real_tokens: torch.Tensor | None,
+                            count_padding_queries: bool) -> torch.Tensor:
+    """Attention each token receives, summed over heads and queries (PoWER-BERT score, as the
+    reference): ``probs [..., heads, queries, keys] -> [..., keys]``. Only real queries count
+    unless ``count_padding_queries`` (the reference counts every row)."""
+    if real_tokens is not None and not count_padding_queries:
+        query_weights = real_tokens.to(probs.dtype).unsqueeze(-2).unsqueeze(-3)  # [..., 1, 1, queries]
+        return torch.matmul(query_weights, probs).sum(dim=(-3, -2))
+    return probs.sum(dim=(-3, -2))
+
+
+def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``[B, keep]`` (ascending) of the most significant tokens, and of the dropped ones.
+
+    Padded keys receive zero attention, so padding never outranks a real token; ties are broken
+    toward the earlier position (stable sort). With ``always_keep_cls_token`` token 0 is kept.
+    """
+    significance = significance.float()
+    if always_keep_cls_token:
+        significance[:, 0] = math.inf
+    order = torch.argsort(significance, dim=1, descending=True, stable=True)
+    return order[:, :keep].sort(dim=1).values, order[:, keep:]
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention. Three ways, same result:
+
+    * SDPA when neither probabilities, scores nor significance are needed (full length);
+    * explicit batched scores/softmax/matmul when probabilities or scores are returned or
+      autograd is recording (training);
+    * otherwise (inference with token dropping) an explicit per-example loop with an in-place
+      softmax: the ``[heads, n, n]`` block of one example stays in cache, which makes it about as
+      fast as SDPA, and yields the significance without storing the batch's probabilities.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads != 0:
+            raise ValueError(f"config.hidden_size ({config.hidden_size}) must be a multiple of "
+                             f"config.num_attention_heads ({config.num_attention_heads})")
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        return x.view(batch, seq_len, self.num_heads, self.head_size).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, need_probs: bool,
+                need_scores: bool, need_significance: bool, count_padding_queries: bool):
+        """Returns ``(context [B, n, H], probs, scores, significance [B, n])``, the last three
+        None unless asked for. Probabilities are after attention dropout (as transformers)."""
+        batch, seq_len, width = hidden.shape
+        query = self._heads(self.query(hidden))
+        key = self._heads(self.key(hidden))
+        value = self._heads(self.value(hidden))
+        probs = scores = significance = None
+        if not (need_probs or need_scores or need_significance):
+            mask = None if real_tokens is None else real_tokens[:, None, None, :]
+            dropout = self.dropout.p if self.training else 0.0
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+            return context.transpose(1, 2).reshape(batch, seq_len, width), None, None, None
+        if need_probs or need_scores or (torch.is_grad_enabled() and query.requires_grad) or self.training:
+            scores, probs, context = self._batched(query, key, value, real_tokens)
+            if need_significance:
+                significance = significance_from_probs(probs, real_tokens, count_padding_queries)
+            context = context.transpose(1, 2).reshape(batch, seq_len, width)
+            return context, probs if need_probs else None, scores if need_scores else None, significance
+        context, significance = self._per_example(query, key, value, real_tokens, count_padding_queries)
+        return context.reshape(batch, seq_len, width), None, None, significance
+
+    def _scores(self, query, key, additive_mask):
+        # div_ rather than a multiplication: torchprofile then counts only the two attention
+        # matmuls, like SDPA's count. Masked keys get -10000 (reference/TinyBERT convention).
+        scores = torch.matmul(query, key.transpose(-1, -2)).div_(math.sqrt(self.head_size))
+        return scores if additive_mask is None else scores.add_(additive_mask.to(scores.dtype))
+
+    def _batched(self, query, key, value, real_tokens):
+        mask = None if real_tokens is None else _additive_mask(real_tokens)[:, None, None, :]
+        scores = self._scores(query, key, mask)
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        return scores, probs, torch.matmul(probs.to(value.dtype), value)
+
+    def _per_example(self, query, key, value, real_tokens, count_padding_queries):
+        """Inference only (in-place ops): context ``[B, n, heads, head_size]`` and significance.
+        Examples go in chunks whose score block fits in about 8 MiB (one example at n = 384)."""
+        batch, heads, seq_len, _ = query.shape
+        chunk = max(1, _CHUNK_SCORES // (heads * seq_len * seq_len))
+        contexts, significances = [], []
+        for first in range(0, batch, chunk):
+            part = slice(first, first + chunk)
+            real = None if real_tokens is None else real_tokens[part]
+            mask = None if real is None else _additive_mask(real)[:, None, None, :]
+            scores = self._scores(query[part], key[part], mask)
+            if scores.dtype in (torch.float16, torch.bfloat16):
+                scores = scores.float()  # softmax in fp32, as autocast does
+            probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+            significances.append(significance_from_probs(probs, real, count_padding_queries))
+            contexts.append(torch.matmul(probs.to(value.dtype), value[part]).transpose(1, 2))
+        if len(contexts) == 1:
+            return contexts[0], significances[0]
+        return torch.cat(contexts), torch.cat(significances)
+
+
+def _additive_mask(real_tokens: torch.Tensor) -> torch.Tensor:
+    """Bool ``[..., n]`` -> float additive mask: 0 for real keys, -10000 for padding."""
+    return torch.zeros(real_tokens.shape, device=real_tokens.device).masked_fill_(~real_tokens, MASK_VALUE)
+
+
+class BertAttention(nn.Module):
+    """Self-attention followed by the output projection, residual and LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden, real_tokens, need_probs, need_scores, need_significance, count_padding_queries):
+        context, probs, scores, significance = self.self(
+            hidden, real_tokens, need_probs, need_scores, need_significance, count_padding_queries)
+        return self.output(context, hidden), probs, scores, significance
+
+
+@dataclass
+class LayerResult:
+    """What one layer hands back to the encoder."""
+
+    hidden: torch.Tensor                 # [B, k, H] output of the kept tokens
+    kept: torch.Tensor | None            # [B, k] indices into the layer's input; None: all kept
+    dropped: torch.Tensor | None         # [B, n - k] indices of the dropped tokens
+    probs: torch.Tensor | None
+    scores: torch.Tensor | None
+
+
+class BertLayer(nn.Module):
+    """A BERT layer that can keep only its ``keep`` most significant tokens."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None,
+                output_attentions: bool, output_attention_scores: bool,
+                always_keep_cls_token: bool, count_padding_queries: bool) -> LayerResult:
+        drops = keep is not None and keep < hidden.size(1)
+        attention_output, probs, scores, significance = self.attention(
+            hidden, real_tokens, output_attentions, output_attention_scores, drops, count_padding_queries)
+        kept = dropped = None
+        if drops:
+            # As the reference: gather the attention block's output, run the FFN on kept tokens.
+            kept, dropped = select_tokens(significance, keep, always_keep_cls_token)
+            attention_output = gather_tokens(attention_output, kept)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return LayerResult(layer_output, kept, dropped, probs, scores)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertBackbone(nn.Module):
+    """Embeddings and encoder, named as transformers' ``BertModel`` (no pooler, as for QA)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+
+
+@dataclass
+class _EncoderOutput:
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    attention_scores: tuple[torch.Tensor, ...] | None
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """BERT with a span-prediction head and Drop-and-Restore length reduction.
+
+    Options read from the config (saved with it, ignored by plain transformers):
+      ``fit_size``: if set, adds ``fit_dense`` (TinyBERT's student->teacher projection; unused by
+      :meth:`forward`). ``always_keep_cls_token`` (default False, the reference's QA default).
+      ``count_padding_queries`` (default False: only real queries score significance; True
+      reproduces the reference, where padded queries' attention rows count too).
+    """
+
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = False
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _keys_to_ignore_on_load_unexpected = [r"pooler", r"^cls\.", r"fit_dense"]
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertBackbone(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        if getattr(config, "fit_size", None):
+            self.fit_dense = nn.Linear(config.hidden_size, config.fit_size)
+        self.length_config: tuple[int, ...] | None = None
+        self.layer_config: tuple[int, ...] = tuple(range(config.num_hidden_layers))
+        self.post_init()
+
+    def set_length_config(self, length_config: Sequence[int] | None) -> None:
+        """Default length configuration for ``forward(length_config=None)``; None: full length."""
+        self.length_config = self._checked_length_config(length_config)
+
+    def set_layer_config(self, layer_config: Sequence[int] | None) -> None:
+        """Default layers to run for ``forward(layer_config=None)``; None: all layers."""
+        n = self.config.num_hidden_layers
+        self.layer_config = tuple(range(n)) if layer_config is None else self._checked_layer_config(layer_config)
+
+    def _checked_length_config(self, length_config):
+        if length_config is None:
+            return None
+        length_config = tuple(int(v) for v in length_config)
+        if len(length_config) != self.config.num_hidden_layers or min(length_config) < 1:
+            raise ValueError(f"length_config must have {self.config.num_hidden_layers} positive "
+                             f"entries (one per layer), got {length_config}")
+        return length_config
+
+    def _checked_layer_config(self, layer_config):
+        layer_config = tuple(int(i) for i in layer_config)
+        n = self.config.num_hidden_layers
+        if any(not 0 <= i < n for i in layer_config):
+            raise ValueError(f"layer_config entries must be layer indices in [0, {n}), got {layer_config}")
+        return layer_config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        length_config: Sequence[int] | None = None,
+        layer_config: Sequence[int] | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        output_attention_scores: bool = False,
+        return_dict: bool = True,
+        always_keep_cls_token: bool | None = None,
+    ) -> QAOutput | tuple:
+        """Span logits for every input position. ``length_config[i]``: tokens kept by layer i
+        (absolute, out of the padded length; capped at the tokens the layer receives)."""
+        length_config = self.length_config if length_config is None else self._checked_length_config(length_config)
+        layer_config = self.layer_config if layer_config is None else self._checked_layer_config(layer_config)
+        if always_keep_cls_token is None:
+            always_keep_cls_token = bool(getattr(self.config, "always_keep_cls_token", False))
+
+        embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        real_tokens = None
+        if attention_mask is not None:
+            real_tokens = attention_mask != 0
+            if bool(real_tokens.all()):
+                real_tokens = None  # no padding: unmasked (fastest) attention
+        encoded = self._encode(embeddings, real_tokens, length_config, set(layer_config),
+                               output_hidden_states, output_attentions, output_attention_scores,
+                               always_keep_cls_token)
+
+        logits = self.qa_outputs(encoded.last_hidden_state)
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits = start_logits.squeeze(-1).contiguous()
+        end_logits = end_logits.squeeze(-1).contiguous()
+        loss = self._span_loss(start_logits, end_logits, start_positions, end_positions)
+
+        output = QAOutput(loss, start_logits, end_logits, encoded.hidden_states,
+                          encoded.attentions, encoded.attention_scores)
+        return output if return_dict else output.to_tuple()
+
+    def _encode(self, hidden, real_tokens, length_config, layers_to_run, output_hidden_states,
+                output_attentions, output_attention_scores, always_keep_cls_token) -> _EncoderOutput:
+        """Run the layers with Drop-and-Restore.
+
+        ``positions [B, n]`` maps the current tokens to input positions (None: identity).
+        ``restored [B, L, H]`` holds, for tokens already dropped, their final hidden state; it is
+        written when tokens are dropped and once at the end, or after every layer when all hidden
+        states are requested.
+        """
+        count_padding_queries = bool(getattr(self.config, "count_padding_queries", False))
+        positions = restored = None
+        all_hidden = [hidden] if output_hidden_states else None
+        all_probs = [] if output_attentions else None
+        all_scores = [] if output_attention_scores else None
+        for index, layer in enumerate(self.bert.encoder.layer):
+            if index in layers_to_run:
+                keep = None if length_config is None else length_config[index]
+                result = layer(hidden, real_tokens, keep, output_attentions, output_attention_scores,
+                               always_keep_cls_token, count_padding_queries)
+                if result.kept is not None:
+                    if positions is None:  # first drop: the input already holds every final state so far
+                        positions = torch.arange(hidden.size(1), device=hidden.device).expand(hidden.size(0), -1)
+                        restored = hidden
+                    elif not output_hidden_states:  # a dropped token's final state is its input here
+                        restored = scatter_tokens(restored, positions.gather(1, result.dropped),
+                                                  gather_tokens(hidden, result.dropped))
+                    positions = positions.gather(1, result.kept)
+                    if real_tokens is not None:
+                        real_tokens = real_tokens.gather(1, result.kept)
+                hidden = result.hidden
+                if all_probs is not None:
+                    all_probs.append(result.probs)
+                if all_scores is not None:
+                    all_scores.append(result.scores)
+                if output_hidden_states and positions is not None:
+                    restored = scatter_tokens(restored, positions, hidden)
+            if output_hidden_states:  # a skipped layer's entry equals its input
+                all_hidden.append(hidden if positions is None else restored)
+        if positions is not None:
+            last = restored if output_hidden_states else scatter_tokens(restored, positions, hidden)
+        else:
+            last = hidden
+        return _EncoderOutput(
+            last,
+            tuple(all_hidden) if all_hidden is not None else None,
+            tuple(all_probs) if all_probs is not None else None,
+            tuple(all_scores) if all_scores is not None else None,
+        )
+
+    @staticmethod
+    def _span_loss(start_logits, end_logits, start_positions, end_positions):
+        """Mean of start/end cross-entropy; positions outside the input are ignored (as transformers)."""
+        if start_positions is None or end_positions is None:
+            return None
+        if start_positions.dim() > 1:
+            start_positions = start_positions.squeeze(-1)
+        if end_positions.dim() > 1:
+            end_positions = end_positions.squeeze(-1)
+        ignored_index = start_logits.size(1)
+        start_positions = start_positions.clamp(0, ignored_index)
+        end_positions = end_positions.clamp(0, ignored_index)
+        start_loss = F.cross_entropy(start_logits, start_positions, ignore_index=ignored_index)
+        end_loss = F.cross_entropy(end_logits, end_positions, ignore_index=ignored_index)
+        return (start_loss + end_loss) / 2

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Dynamic-TinyBERT: search per-layer length configurations (F1 vs compute) for a trained model.
+#
+# Edit the parameters below, or override any of them from the environment, e.g.
+#   MODEL_DIR=output/dynamic_tinybert/checkpoint-best BUDGET=50 ./run-sigopt-search.sh
+# Extra arguments are passed on to run_squad.py, e.g. ./run-sigopt-search.sh --search_seed 7
+#
+# With SIGOPT_API_TOKEN set (and optionally SIGOPT_API_URL) the search uses SigOpt, as in the
+# paper; without it, it says so and searches offline with Optuna.
+set -euo pipefail
+
+: "${MODEL_DIR:=output/dynamic_tinybert/checkpoint-best}"   # trained Dynamic-TinyBERT folder
+: "${SQUAD_DIR:=/work/shared/squad}"                        # folder holding the dev set
+: "${PREDICT_FILE:=dev-v1.1.json}"                          # SQuAD v1.1 dev file in SQUAD_DIR
+: "${OUTPUT_DIR:=output/sigopt_search}"                     # search_results.csv etc. go here
+: "${MAX_SEQ_LENGTH:=384}"
+: "${DOC_STRIDE:=128}"
+: "${EVAL_BATCH_SIZE:=16}"
+: "${BUDGET:=150}"                                          # configurations to evaluate
+: "${MIN_LENGTH:=91}"                                       # fewest tokens a layer may keep
+: "${OBJECTIVE:=macs}"                                      # macs | time
+: "${SUBSET:=}"                                             # first N dev questions; empty = all
+: "${BACKEND:=}"                                            # sigopt | optuna | evolution | constant
+
+if [[ -z "${BACKEND}" ]]; then
+  if [[ -n "${SIGOPT_API_TOKEN:-}" ]]; then
+    BACKEND=sigopt
+  else
+    echo "SIGOPT_API_TOKEN is not set: searching offline with Optuna (--search_backend optuna) instead of SigOpt."
+    BACKEND=optuna
+  fi
+fi
+
+subset_args=()
+if [[ -n "${SUBSET}" ]]; then
+  subset_args=(--search_subset "${SUBSET}")
+fi
+
+python run_squad.py \
+  --model_type bert \
+  --model_name_or_path "${MODEL_DIR}" \
+  --data_dir "${SQUAD_DIR}" \
+  --predict_file "${PREDICT_FILE}" \
+  --do_lower_case \
+  --max_seq_length "${MAX_SEQ_LENGTH}" \
+  --doc_stride "${DOC_STRIDE}" \
+  --per_gpu_eval_batch_size "${EVAL_BATCH_SIZE}" \
+  --output_dir "${OUTPUT_DIR}" \
+  --overwrite_output_dir \
+  --do_search \
+  --search_backend "${BACKEND}" \
+  --search_budget "${BUDGET}" \
+  --search_min_length "${MIN_LENGTH}" \
+  --search_objective "${OBJECTIVE}" \
+  "${subset_args[@]+"${subset_args[@]}"}" \
+  "$@"

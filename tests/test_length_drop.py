@@ -1,0 +1,210 @@
+"""length_drop: parsing, the LengthDrop samplers against hand-derived expectations, the sandwich
+rule, and analytic MACs against torchprofile (on our model and on transformers' own)."""
+from __future__ import annotations
+
+import random
+import statistics
+import warnings
+
+import pytest
+import torch
+import transformers
+from helpers import tiny_bert_config
+
+from length_drop import (
+    SubModel,
+    analytic_macs,
+    constant_rate_length_config,
+    parse_length_config,
+    profile_macs,
+    sample_layer_configuration,
+    sample_length_configuration,
+    sandwich_configurations,
+)
+from modeling_bert import BertForQuestionAnswering
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_length_config
+
+
+def test_parse_accepts_json_and_sequences():
+    assert parse_length_config("[384, 320, 256, 192, 160, 128]", 6, 384) == (384, 320, 256, 192, 160, 128)
+    assert parse_length_config((5, 5, 1), 3, 5) == (5, 5, 1)
+    assert parse_length_config([7, 3], 2, 7) == (7, 3)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("[384, 320", "unparsable"),
+        ("__import__('os')", "unparsable"),
+        ('{"a": 1}', "dict"),
+        ("384", "int"),
+        ('"384"', "str"),
+        ("[384, 320]", "got 2 entries"),
+        ("[384, 320, true]", "bool"),
+        ("[384, 320.0, 256]", "float"),
+        ('[384, "320", 256]', "str"),
+        ("[384, null, 256]", "NoneType"),
+        ("[384, 320, 330]", "larger than entry 1"),
+        ("[384, 320, 0]", "outside \\[1, 384\\]"),
+        ("[385, 320, 256]", "outside \\[1, 384\\]"),
+        ("[384, 320, -1]", "outside"),
+    ],
+)
+def test_parse_rejects_bad_input_with_a_clear_message(value, message):
+    with pytest.raises(ValueError, match=message) as error:
+        parse_length_config(value, 3, 384)
+    assert "expected a JSON list of 3 integers" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers
+
+
+def test_fixed_ratio_is_cumulative_ceil_and_skipped_layers_keep_length():
+    # 384 * 0.8 = 307.2 -> 308; 246.4 -> 247; 197.6 -> 198; 158.4 -> 159; 127.2 -> 128; 102.4 -> 103
+    assert sample_length_configuration(384, 6, length_drop_ratio=0.2) == (308, 247, 198, 159, 128, 103)
+    assert constant_rate_length_config(0.2, 6, 384) == (308, 247, 198, 159, 128, 103)
+    assert sample_length_configuration(384, 6, layer_config=(0, 2, 4), length_drop_ratio=0.2) == \
+        (308, 308, 247, 247, 198, 198)
+    # min_length floors the length: 10 -> 1 -> clamp 2 -> ceil(0.2) = 1 -> 2 ...
+    assert sample_length_configuration(10, 3, length_drop_ratio=0.9) == (2, 2, 2)
+    assert sample_length_configuration(10, 3, length_drop_ratio=0.9, min_length=1) == (1, 1, 1)
+    assert sample_length_configuration(384, 3) == (384, 384, 384)
+
+
+def test_ratio_bound_draws_uniform_lengths_within_the_bound():
+    rng = random.Random(0)
+    samples = [sample_length_configuration(384, 6, length_drop_ratio_bound=0.2, rng=rng) for _ in range(4000)]
+    first = [s[0] for s in samples]
+    # uniform on [ceil(384 * 0.8), 384] = [308, 384]: mean 346, variance (77^2 - 1) / 12 = 494
+    assert min(first) == 308 and max(first) == 384
+    assert abs(statistics.mean(first) - 346) < 1.5
+    assert abs(statistics.variance(first) - (77 ** 2 - 1) / 12) < 40
+    for s in samples:
+        assert all(b <= a for a, b in zip(s, s[1:]))
+        assert all(int(-(-a * 0.8 // 1)) <= b for a, b in zip(s, s[1:]))  # each step within the bound
+    # E[length_i] = E[length_{i-1}] * (1 - 0.1) roughly (continuous approximation)
+    sixth = statistics.mean(s[5] for s in samples)
+    assert abs(sixth - 384 * 0.9 ** 6) < 0.02 * 384 * 0.9 ** 6
+
+
+def test_length_drop_prob_is_binomial_and_takes_precedence():
+    rng = random.Random(1)
+    samples = [sample_length_configuration(200, 2, length_drop_prob=0.25, length_drop_ratio=0.9, rng=rng)
+               for _ in range(2000)]
+    first = [s[0] for s in samples]
+    assert abs(statistics.mean(first) - 150) < 1.0            # 200 * (1 - 0.25)
+    assert abs(statistics.variance(first) - 37.5) < 5          # 200 * 0.25 * 0.75
+    assert abs(statistics.mean(s[1] for s in samples) - 112.5) < 1.0
+
+
+def test_samplers_are_deterministic_given_rng():
+    a = sample_length_configuration(384, 6, length_drop_ratio_bound=0.3, rng=random.Random(5))
+    b = sample_length_configuration(384, 6, length_drop_ratio_bound=0.3, rng=random.Random(5))
+    assert a == b
+    # The bound sampler uses one randint per layer, from the top of the range down.
+    rng, expected, length = random.Random(5), [], 384
+    for _ in range(6):
+        length = max(rng.randint(-(-length * 7 // 10), length), 2)
+        expected.append(length)
+    assert a == tuple(expected)
+
+
+def test_layer_sampler_modes():
+    rng = random.Random(2)
+    draws = [sample_layer_configuration(6, layer_dropout_prob=0.3, rng=rng) for _ in range(3000)]
+    for layer in range(6):
+        kept = sum(layer in d for d in draws) / len(draws)
+        assert abs(kept - 0.7) < 0.03
+    assert sample_layer_configuration(6, layer_dropout=2) == (0, 1, 2, 3)
+    assert sample_layer_configuration(6, layer_dropout=10) == (0,)      # at least one layer stays
+    assert sample_layer_configuration(6) == tuple(range(6))
+    counts = [6 - len(sample_layer_configuration(6, layer_dropout_bound=2, rng=rng)) for _ in range(3000)]
+    assert set(counts) == {0, 1, 2}
+    assert all(abs(counts.count(k) / 3000 - 1 / 3) < 0.03 for k in range(3))
+    # prob takes precedence over a fixed count, as in the reference
+    assert len(sample_layer_configuration(6, layer_dropout_prob=0.0, layer_dropout=3)) == 6
+
+
+def test_sandwich_configurations_order_and_content():
+    models = sandwich_configurations(6, 384, num_sandwich=2, length_drop_ratio_bound=0.2,
+                                     layer_dropout_bound=2, rng=random.Random(3))
+    assert [m.kind for m in models] == ["full", "smallest", "random", "random"]
+    assert models[0] == SubModel("full", None, tuple(range(6)))
+    # smallest: last 2 layers dropped, every executed layer drops 20%, skipped ones keep length
+    assert models[1] == SubModel("smallest", (308, 247, 198, 159, 159, 159), (0, 1, 2, 3))
+    # random ones: draw order is layer count then one length per executed layer
+    rng = random.Random(3)
+    for model in models[2:]:
+        layers = tuple(range(6 - rng.randint(0, 2)))
+        assert model.layer_config == layers
+        length, lengths = 384, []
+        for layer in range(6):
+            if layer in layers:
+                length = rng.randint(-(-length * 8 // 10), length)
+            lengths.append(length)
+        assert model.length_config == tuple(lengths)
+
+
+def test_sandwich_with_layerdrop_prob_drops_layers_in_every_sub_model():
+    rng = random.Random(4)
+    runs = [sandwich_configurations(6, 128, 2, 0.2, layer_dropout_prob=0.5, rng=rng) for _ in range(300)]
+    for position in range(4):
+        sizes = [len(run[position].layer_config) for run in runs]
+        assert abs(statistics.mean(sizes) - 3.0) < 0.3
+
+
+def test_constant_rate_rejects_bad_rate():
+    with pytest.raises(ValueError, match="rate"):
+        constant_rate_length_config(1.0, 6, 384)
+
+
+# ---------------------------------------------------------------------------------------------
+# MACs
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+def test_analytic_macs_agree_with_torchprofile(hidden_act):
+    config = tiny_bert_config(num_hidden_layers=4, hidden_size=32, intermediate_size=40, hidden_act=hidden_act)
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(config)
+    cases = [
+        (None, None),
+        ((100, 100, 100, 100), None),
+        ((90, 70, 50, 30), None),
+        ((90, 70, 50, 30), (0, 2, 3)),
+        ((60, 60, 20, 20), (1, 3)),
+        ((2, 2, 2, 2), None),
+    ]
+    for length_config, layer_config in cases:
+        want = profile_macs(model, 100, length_config, layer_config)
+        got = analytic_macs(config, 100, length_config, layer_config)
+        assert abs(got - want) <= 0.01 * want, (length_config, layer_config, got, want)
+    # profiling restores the model's own defaults
+    assert model.length_config is None and model.layer_config == tuple(range(4))
+
+
+def test_analytic_macs_equal_torchprofile_on_transformers_model():
+    """Independent check of the formula at full length: transformers' own SDPA model."""
+    import torchprofile
+
+    config = tiny_bert_config(num_hidden_layers=3, hidden_size=48, num_attention_heads=4, intermediate_size=64)
+    config._attn_implementation = "sdpa"
+    model = transformers.BertForQuestionAnswering(config).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = torchprofile.profile_macs(model, args=(torch.ones(1, 77, dtype=torch.long),))
+    assert analytic_macs(config, 77) == want
+
+
+def test_analytic_macs_hand_count():
+    config = tiny_bert_config(num_hidden_layers=2, hidden_size=8, num_attention_heads=2, intermediate_size=16)
+    # layer 0: 10 tokens in, 6 kept; layer 1: 6 in, 6 kept
+    layer0 = 4 * 10 * 64 + 2 * 100 * 8 + 10 * 8 + 6 * (2 * 8 * 16 + 8)
+    layer1 = 4 * 6 * 64 + 2 * 36 * 8 + 6 * 8 + 6 * (2 * 8 * 16 + 8)
+    assert analytic_macs(config, 10, (6, 6)) == 10 * 8 + layer0 + layer1 + 10 * 8 * 2
+    # a skipped layer costs nothing
+    assert analytic_macs(config, 10, (6, 6), layer_config=(0,)) == 10 * 8 + layer0 + 10 * 8 * 2

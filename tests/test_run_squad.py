@@ -1,0 +1,249 @@
+"""run_squad.py end to end: the paper's four training commands as written, learning, resume,
+the sandwich's gradient accumulation, and every up-front error."""
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_squad
+from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
+
+# The paper README's commands (issue 4), verbatim but for line breaks.
+STEP1 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path bert-base-uncased
+--do_train --do_eval --evaluate_during_training --save_only_best --do_lower_case
+--train_file train-v1.1.json --predict_file dev-v1.1.json --per_gpu_train_batch_size 8
+--per_gpu_eval_batch_size 32 --learning_rate 3e-5 --num_train_epochs 2 --max_seq_length 384
+--doc_stride 128 --overwrite_output_dir --output_dir $OUTPUT_DIR/fintuned_bert"""
+STEP2 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path $GENERAL_TINYBERT_DIR
+--teacher_model_type bert --teacher_model_name_or_path $OUTPUT_DIR/fintuned_bert/checkpoint-best
+--do_train --evaluate_during_training --save_only_best --do_lower_case --per_gpu_train_batch_size 16
+--per_gpu_eval_batch_size 16 --learning_rate 5e-5 --num_train_epochs 20 --max_seq_length 384
+--doc_stride 128 --gradient_accumulation_steps 1 --state_loss_ratio 1.0 --att_loss_ratio 1.0 --att_mse
+--overwrite_output_dir --output_dir $OUTPUT_DIR/intermediate"""
+STEP3 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path $OUTPUT_DIR/intermediate/checkpoint-last
+--teacher_model_type bert --teacher_model_name_or_path $OUTPUT_DIR/fintuned_bert/checkpoint-best
+--do_train --evaluate_during_training --save_only_best --do_lower_case --per_gpu_train_batch_size 16
+--per_gpu_eval_batch_size 16 --learning_rate 3e-5 --num_train_epochs 10 --max_seq_length 384
+--doc_stride 128 --gradient_accumulation_steps 1 --state_loss_ratio 0.0 --att_loss_ratio 0.0 --pred_distill
+--overwrite_output_dir --output_dir $OUTPUT_DIR/dynamic_tinybert"""
+STEP4 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path $OUTPUT_DIR/dynamic_tinybert/checkpoint-best
+--teacher_model_type bert --teacher_model_name_or_path $OUTPUT_DIR/fintuned_bert/checkpoint-best
+--do_train --evaluate_during_training --save_only_best --do_lower_case --per_gpu_train_batch_size 16
+--per_gpu_eval_batch_size 16 --learning_rate 2e-5 --num_train_epochs 10 --max_seq_length 384
+--doc_stride 128 --gradient_accumulation_steps 1 --state_loss_ratio 0.0 --att_loss_ratio 0.0 --pred_distill
+--length_adaptive --num_sandwich 2 --length_drop_ratio_bound 0.2 --layer_dropout_prob 0.2
+--overwrite_output_dir --output_dir $OUTPUT_DIR/dynamic_tinybert_ld_naive"""
+
+
+def command(template: str, env: dict, *extra: str) -> list[str]:
+    for key in sorted(env, key=len, reverse=True):
+        template = template.replace("$" + key, str(env[key]))
+    return shlex.split(template) + list(extra)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """$SQUAD_DIR with the shipped tiny data, a tiny tokenizer, a 4-layer 'bert-base-uncased'
+    stand-in and a 2-layer 'General TinyBERT' (narrower: fit_dense is needed)."""
+    root = tmp_path_factory.mktemp("paper")
+    squad = root / "squad"
+    shutil.copytree(TINY_SQUAD_DIR, squad)
+    tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
+    teacher = save_tiny_bert(root / "bert-base-uncased",
+                             tiny_bert_config(len(tok), num_hidden_layers=4, hidden_size=32,
+                                              max_position_embeddings=512), seed=0, tokenizer=tok)
+    student = save_tiny_bert(root / "general_tinybert",
+                             tiny_bert_config(len(tok), num_hidden_layers=2, hidden_size=24,
+                                              intermediate_size=48, max_position_embeddings=512),
+                             seed=1, tokenizer=tok)
+    return {"SQUAD_DIR": squad, "OUTPUT_DIR": root / "out", "GENERAL_TINYBERT_DIR": student,
+            "root": root, "teacher": teacher, "tok": tok}
+
+
+def run(argv) -> int:
+    return run_squad.main([str(a) for a in argv])
+
+
+def test_paper_steps_1_to_4_as_written(workspace):
+    env = workspace
+    out = env["OUTPUT_DIR"]
+    step1 = command(STEP1, env, "--max_steps", "3").copy()
+    step1[step1.index("bert-base-uncased")] = str(env["teacher"])  # the local stand-in folder
+    assert run(step1) == 0
+    best = out / "fintuned_bert" / "checkpoint-best"
+    for name in ("config.json", "model.safetensors", "training_args.json", "tokenizer.json"):
+        assert (best / name).is_file(), name
+    results = json.loads((out / "fintuned_bert" / "eval_results.json").read_text())
+    assert results["questions"] == 15 and 0 <= results["f1"] <= 100 and results["macs_ratio"] == 1.0
+
+    assert run(command(STEP2, env, "--max_steps", "3")) == 0
+    last = out / "intermediate" / "checkpoint-last"
+    config = json.loads((last / "config.json").read_text())
+    assert config["fit_size"] == 32  # the student learned a projection to the teacher's width
+    assert (last / "training_state.pt").is_file()
+
+    assert run(command(STEP3, env, "--max_steps", "3")) == 0
+    assert (out / "dynamic_tinybert" / "checkpoint-best" / "model.safetensors").is_file()
+
+    assert run(command(STEP4, env, "--max_steps", "3")) == 0
+    ld = out / "dynamic_tinybert_ld_naive"
+    assert (ld / "checkpoint-best" / "model.safetensors").is_file()
+    assert (ld / "checkpoint-last" / "model.safetensors").is_file()
+    assert any((ld / "runs").iterdir())  # TensorBoard events
+    args = json.loads((ld / "checkpoint-last" / "training_args.json").read_text())
+    assert args["length_adaptive"] and args["num_sandwich"] == 2
+
+
+def tiny_args(env, out, *extra):
+    return ["--data_dir", env["SQUAD_DIR"], "--model_name_or_path", env["teacher"], "--output_dir", out,
+            "--max_seq_length", "128", "--doc_stride", "32", "--overwrite_output_dir", *extra]
+
+
+def test_training_learns_its_training_questions(workspace, tmp_path):
+    """A tiny model fine-tuned on the shipped training questions answers them (F1 >= 90), far above
+    the untrained model."""
+    env = workspace
+    learner = save_tiny_bert(tmp_path / "learner",
+                             tiny_bert_config(len(env["tok"]), num_hidden_layers=2, hidden_size=64,
+                                              intermediate_size=128, max_position_embeddings=512),
+                             seed=0, tokenizer=env["tok"])
+    common = ["--predict_file", "train-v1.1.json", "--per_gpu_eval_batch_size", "64", "--threads", "2"]
+    args = tiny_args(env, tmp_path / "before", "--do_eval", *common)
+    args[args.index("--model_name_or_path") + 1] = learner
+    assert run(args) == 0
+    before = json.loads((tmp_path / "before" / "eval_results.json").read_text())["f1"]
+    args = tiny_args(env, tmp_path / "after", "--do_train", "--do_eval", *common, "--learning_rate", "1e-3",
+                     "--num_train_epochs", "150", "--per_gpu_train_batch_size", "8", "--warmup_ratio", "0.05",
+                     "--logging_steps", "0", "--save_steps", "0")
+    args[args.index("--model_name_or_path") + 1] = learner
+    assert run(args) == 0
+    after = json.loads((tmp_path / "after" / "eval_results.json").read_text())["f1"]
+    assert after >= 90.0, (before, after)
+    assert before < 30.0
+
+
+def test_resume_ends_with_the_same_weights(workspace, tmp_path):
+    env = workspace
+    common = ["--do_train", "--max_steps", "6", "--save_steps", "3", "--per_gpu_train_batch_size", "4",
+              "--learning_rate", "1e-3", "--gradient_accumulation_steps", "2", "--layer_dropout_prob", "0.3",
+              "--length_adaptive", "--num_sandwich", "1", "--logging_steps", "0"]
+    assert run(tiny_args(env, tmp_path / "full", *common)) == 0
+    assert run(tiny_args(env, tmp_path / "resumed", *common,
+                         "--resume_from_checkpoint", tmp_path / "full" / "checkpoint-3")) == 0
+    from safetensors.torch import load_file
+    a = load_file(tmp_path / "full" / "checkpoint-6" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint-last" / "model.safetensors")
+    c = load_file(tmp_path / "full" / "checkpoint-3" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # training did move the weights
+
+
+def test_sandwich_accumulates_each_sub_models_gradient(workspace):
+    """train_step's accumulated gradient equals the sum of each sub-model's loss gradient,
+    computed separately, each scaled by 1 / (num_sandwich + 2)."""
+    from modeling_bert import BertForQuestionAnswering
+    import length_drop
+
+    args = run_squad.build_parser().parse_args(
+        ["--model_name_or_path", "x", "--output_dir", "y", "--length_adaptive", "--num_sandwich", "2",
+         "--max_seq_length", "16"])
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=3))
+    model.eval()  # no dropout: the two computations must see the same function
+    batch = (torch.randint(5, 50, (2, 16)), torch.ones(2, 16, dtype=torch.long),
+             torch.zeros(2, 16, dtype=torch.long), torch.tensor([3, 4]), torch.tensor([5, 6]))
+    subs = [length_drop.SubModel("full", None, (0, 1, 2)),
+            length_drop.SubModel("smallest", (13, 10, 8), (0, 2)),
+            length_drop.SubModel("random", (15, 12, 12), (0, 1, 2)),
+            length_drop.SubModel("random", (16, 9, 5), (0, 1, 2))]
+    runtime = run_squad.Runtime(torch.device("cpu"))
+    run_squad.train_step(args, model, run_squad.Objective(args), batch, subs, 0.5, runtime, None, True)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    inputs = dict(zip(("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"), batch))
+    full = model(**inputs)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    losses = [full.loss]
+    for sub in subs[1:]:
+        out = model(**inputs, length_config=sub.length_config, layer_config=sub.layer_config)
+        fs, fe = torch.log_softmax(full.start_logits.detach(), -1), torch.log_softmax(full.end_logits.detach(), -1)
+        ss, se = torch.log_softmax(out.start_logits, -1), torch.log_softmax(out.end_logits, -1)
+        kl = lambda a, b: (a.exp() * (a - b)).sum(-1).mean()  # noqa: E731  KL(a || b), batch mean
+        losses.append((kl(ss, fs) + kl(se, fe)) / 2)  # the reference's KL(sub || full)
+    for loss in losses:
+        grads = torch.autograd.grad(loss * 0.5 / 4, list(model.parameters()), allow_unused=True, retain_graph=True)
+        for (n, _), g in zip(model.named_parameters(), grads):
+            if g is not None:
+                expected[n] += g
+    for n, g in got.items():
+        torch.testing.assert_close(g, expected[n], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    "no_model", "no_data", "teacher_without_flag", "flag_without_teacher", "length_config_and_adaptive",
+    "non_empty_output", "different_vocab", "bad_length_config",
+])
+def test_errors_stop_before_training(workspace, tmp_path, case, capsys):
+    env = workspace
+    out = tmp_path / "out"
+    argv = tiny_args(env, out, "--do_train")
+    argv.remove("--overwrite_output_dir")
+    expected = {
+        "no_model": "no such model folder",
+        "no_data": "does not exist",
+        "teacher_without_flag": "no distillation flag",
+        "flag_without_teacher": "needs --teacher_model_name_or_path",
+        "length_config_and_adaptive": "one or the other",
+        "non_empty_output": "--overwrite_output_dir",
+        "different_vocab": "different vocabularies",
+        "bad_length_config": "--length_config",
+    }[case]
+    if case == "no_model":
+        argv[argv.index("--model_name_or_path") + 1] = tmp_path / "missing"
+    elif case == "no_data":
+        argv += ["--train_file", "nope.json"]
+    elif case == "teacher_without_flag":
+        argv += ["--teacher_model_name_or_path", env["teacher"]]
+    elif case == "flag_without_teacher":
+        argv += ["--pred_distill"]
+    elif case == "length_config_and_adaptive":
+        argv += ["--length_adaptive", "--length_config", "[128, 64]"]
+    elif case == "non_empty_output":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "different_vocab":
+        other_tok = make_tiny_tokenizer(tmp_path / "other_tok", ["completely different words here"])
+        other = save_tiny_bert(tmp_path / "other_teacher", tiny_bert_config(len(other_tok)), tokenizer=other_tok)
+        argv += ["--teacher_model_name_or_path", other, "--pred_distill"]
+    elif case == "bad_length_config":
+        argv += ["--length_config", "[128, 200]"]
+    assert run(argv) == 2
+    assert expected in capsys.readouterr().err
+    if case == "non_empty_output":
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists() or not any(Path(out).iterdir())
+
+
+def test_overwrite_output_dir_keeps_other_files(workspace, tmp_path):
+    env = workspace
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run(tiny_args(env, out, "--do_train", "--max_steps", "1", "--logging_steps", "0")) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoint-last" / "model.safetensors").is_file()
+
+
+def test_eval_at_a_fixed_length_config_reports_fewer_macs(workspace, tmp_path):
+    env = workspace
+    assert run(tiny_args(env, tmp_path / "o", "--do_eval", "--length_config", "[100, 80, 60, 40]")) == 0
+    results = json.loads((tmp_path / "o" / "eval_results.json").read_text())
+    assert results["length_config"] == [100, 80, 60, 40]
+    assert results["macs_ratio"] > 1.3
+    assert (tmp_path / "o" / "predictions.json").is_file()
