@@ -111,9 +111,10 @@ class BertSelfAttention(nn.Module):
     * SDPA when neither probabilities, scores nor significance are needed (full length);
     * explicit batched scores/softmax/matmul when probabilities or scores are returned or
       autograd is recording (training);
-    * otherwise (inference with token dropping) an explicit per-example loop with an in-place
-      softmax: the ``[heads, n, n]`` block of one example stays in cache, which makes it about as
-      fast as SDPA, and yields the significance without storing the batch's probabilities.
+    * otherwise (inference with token dropping) an explicit loop over chunks of examples with an
+      in-place softmax: each chunk's score block (one example at n = 384) stays in cache, which
+      makes it about as fast as SDPA, and yields the significance without storing the batch's
+      probabilities.
     """
 
     def __init__(self, config: BertConfig):
@@ -152,7 +153,7 @@ class BertSelfAttention(nn.Module):
                 significance = significance_from_probs(probs, real_tokens, count_padding_queries)
             context = context.transpose(1, 2).reshape(batch, seq_len, width)
             return context, probs if need_probs else None, scores if need_scores else None, significance
-        context, significance = self._per_example(query, key, value, real_tokens, count_padding_queries)
+        context, significance = self._chunked_inference(query, key, value, real_tokens, count_padding_queries)
         return context.reshape(batch, seq_len, width), None, None, significance
 
     def _scores(self, query, key, additive_mask):
@@ -167,7 +168,7 @@ class BertSelfAttention(nn.Module):
         probs = self.dropout(torch.softmax(scores, dim=-1))
         return scores, probs, torch.matmul(probs.to(value.dtype), value)
 
-    def _per_example(self, query, key, value, real_tokens, count_padding_queries):
+    def _chunked_inference(self, query, key, value, real_tokens, count_padding_queries):
         """Inference only (in-place ops): context ``[B, n, heads, head_size]`` and significance.
         Examples go in chunks whose score block fits in about 8 MiB (one example at n = 384)."""
         batch, heads, seq_len, _ = query.shape

@@ -75,7 +75,7 @@ python run_squad.py "${COMMON[@]}" "${TEACHER[@]}" --model_name_or_path "$OUTPUT
   --length_drop_ratio_bound 0.2 --layer_dropout_prob 0.2 --output_dir "$OUTPUT_DIR/dynamic_tinybert_ld_naive"
 echo "== step 5: length-configuration search"
 MODEL_DIR="$OUTPUT_DIR/dynamic_tinybert_ld_naive/checkpoint-best" SQUAD_DIR="$SQUAD_DIR" \
-  SEARCH_OUTPUT_DIR="$OUTPUT_DIR/search" MAX_SEQ_LENGTH="$MAX_SEQ_LENGTH" BUDGET="$BUDGET" \
+  OUTPUT_DIR="$OUTPUT_DIR/search" MAX_SEQ_LENGTH="$MAX_SEQ_LENGTH" BUDGET="$BUDGET" \
   MIN_LENGTH=32 bash run-sigopt-search.sh
 
 echo

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 : "${MODEL_DIR:=output/dynamic_tinybert/checkpoint-best}"   # trained Dynamic-TinyBERT folder
-: "${SQUAD_DIR:=/work/shared/squad}"                        # folder holding the dev set
+: "${SQUAD_DIR:=$(dirname "$0")/../shared/squad}"            # folder holding the dev set
 : "${PREDICT_FILE:=dev-v1.1.json}"                          # SQuAD v1.1 dev file in SQUAD_DIR
 : "${OUTPUT_DIR:=output/sigopt_search}"                     # search_results.csv etc. go here
 : "${MAX_SEQ_LENGTH:=384}"
@@ -36,7 +36,7 @@ if [[ -n "${SUBSET}" ]]; then
   subset_args=(--search_subset "${SUBSET}")
 fi
 
-python run_squad.py \
+python "$(dirname "$0")/run_squad.py" \
   --model_type bert \
   --model_name_or_path "${MODEL_DIR}" \
   --data_dir "${SQUAD_DIR}" \

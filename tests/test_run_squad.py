@@ -247,3 +247,55 @@ def test_eval_at_a_fixed_length_config_reports_fewer_macs(workspace, tmp_path):
     assert results["length_config"] == [100, 80, 60, 40]
     assert results["macs_ratio"] > 1.3
     assert (tmp_path / "o" / "predictions.json").is_file()
+
+
+def test_torchrun_two_processes_match_one_process(workspace, tmp_path):
+    """DDP on 2 CPU processes (gloo) with 4 features each per step trains the same weights as one
+    process with 8: the distributed sampler splits each batch of the single-process order."""
+    import subprocess
+    import sys
+
+    env = workspace
+    model = save_tiny_bert(tmp_path / "nodrop",
+                           tiny_bert_config(len(env["tok"]), num_hidden_layers=2, hidden_dropout_prob=0.0,
+                                            attention_probs_dropout_prob=0.0, max_position_embeddings=512),
+                           seed=3, tokenizer=env["tok"])
+
+    def argv(out, batch):
+        a = tiny_args(env, out, "--do_train", "--max_steps", "3", "--per_gpu_train_batch_size", str(batch),
+                      "--learning_rate", "1e-3", "--logging_steps", "0", "--save_steps", "0", "--no_cuda")
+        a[a.index("--model_name_or_path") + 1] = model
+        return [str(x) for x in a]
+
+    assert run(argv(tmp_path / "one", 8)) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(run_squad.__file__)), *argv(tmp_path / "two", 4)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+    a = load_file(tmp_path / "one" / "checkpoint-last" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoint-last" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+
+
+def test_search_through_run_squad_measures_what_eval_measures(workspace, tmp_path):
+    """--do_search evaluates configurations with the same evaluation as --do_eval: the CSV's F1
+    and MACs for a configuration equal a separate --do_eval run at that --length_config."""
+    import csv
+
+    env = workspace
+    assert run(tiny_args(env, tmp_path / "search", "--do_search", "--search_backend", "evolution",
+                         "--search_budget", "3", "--search_min_length", "40", "--evo_iter", "1",
+                         "--population_size", "2", "--mutation_size", "1", "--crossover_size", "1",
+                         "--search_rates", "1.0,0.8")) == 0
+    rows = list(csv.DictReader((tmp_path / "search" / "search_results.csv").open()))
+    assert {r["backend"] for r in rows} >= {"full", "constant", "evolution"}
+    assert all(int(r["questions"]) == 15 for r in rows)
+    reduced = next(r for r in rows if r["backend"] == "constant")
+    assert run(tiny_args(env, tmp_path / "eval", "--do_eval", "--length_config", reduced["length_config"])) == 0
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert float(reduced["f1"]) == pytest.approx(results["f1"])
+    assert int(reduced["macs"]) == results["macs"]
+    assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000

@@ -471,7 +471,7 @@ def test_run_sigopt_search_script_falls_back_to_optuna_and_passes_flags(tmp_path
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
     assert "SIGOPT_API_TOKEN is not set" in result.stdout
     argv = json.loads(log.read_text())
-    assert argv[0] == "run_squad.py"
+    assert Path(argv[0]).name == "run_squad.py" and Path(argv[0]).parent.resolve() == REPO_ROOT
     pairs = dict(zip(argv, argv[1:]))
     assert pairs["--search_backend"] == "optuna" and pairs["--search_budget"] == "7"
     assert pairs["--model_name_or_path"] == "m" and pairs["--search_subset"] == "100"
