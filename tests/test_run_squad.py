@@ -276,8 +276,16 @@ def test_torchrun_two_processes_match_one_process(workspace, tmp_path):
     from safetensors.torch import load_file
     a = load_file(tmp_path / "one" / "checkpoint-last" / "model.safetensors")
     b = load_file(tmp_path / "two" / "checkpoint-last" / "model.safetensors")
+    init = load_file(model / "model.safetensors")
+    last_bias = "bert.encoder.layer.1.output.LayerNorm.bias"
+    assert max((a[k] - init[k]).abs().max().item() for k in init) > 1e-3  # training moved them
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+        # Softmax is shift-invariant, so a bias added equally to every position has exactly zero
+        # gradient (key biases, the QA head's bias, the last LayerNorm's bias, which reaches the
+        # logits only through the QA head): Adam turns their rounding noise into lr-sized steps.
+        if k.endswith("attention.self.key.bias") or k in ("qa_outputs.bias", last_bias):
+            continue
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-4)
 
 
 def test_search_through_run_squad_measures_what_eval_measures(workspace, tmp_path):
@@ -299,3 +307,21 @@ def test_search_through_run_squad_measures_what_eval_measures(workspace, tmp_pat
     assert float(reduced["f1"]) == pytest.approx(results["f1"])
     assert int(reduced["macs"]) == results["macs"]
     assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000
+
+
+def test_quickstart_runs_all_five_steps(tmp_path):
+    """The README's "run it" command, with small random models and a few steps."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "qs"), "TINY": "1", "STEPS": "2", "BUDGET": "3",
+           "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "2"}
+    env.pop("SIGOPT_API_TOKEN", None)
+    proc = subprocess.run(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGOPT_API_TOKEN is not set" in proc.stdout
+    search_dir = tmp_path / "qs" / "search"
+    for name in ("search_results.csv", "pareto_front.csv", "pareto.png"):
+        assert (search_dir / name).is_file(), name
+        assert str(search_dir / name) in proc.stdout
