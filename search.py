@@ -35,6 +35,8 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
+from utils_squad import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("sigopt", "optuna", "evolution", "constant")
@@ -263,21 +265,6 @@ def _parse_csv_row(raw: dict, path: Path, line: int) -> dict:
         raise ValueError(f"{path}: line {line}: malformed row ({err})") from err
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _rows_to_csv_text(rows: Iterable[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -301,14 +288,14 @@ class ResultStore:
         if self.path.is_file():
             self._load()
         else:
-            _atomic_write_text(self.path, _rows_to_csv_text([]))
+            atomic_write_text(self.path, _rows_to_csv_text([]))
 
     def _load(self) -> None:
         text = self.path.read_text(encoding="utf-8")
         lines = text.splitlines(keepends=True)
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None:  # empty file
-            _atomic_write_text(self.path, _rows_to_csv_text([]))
+            atomic_write_text(self.path, _rows_to_csv_text([]))
             return
         if tuple(reader.fieldnames) != CSV_COLUMNS:
             raise ValueError(f"{self.path}: unexpected header {reader.fieldnames}; expected {list(CSV_COLUMNS)}")
@@ -325,7 +312,7 @@ class ResultStore:
                 raise
             self._remember(row)
         if torn_last_line:
-            _atomic_write_text(self.path, _rows_to_csv_text(self.rows))
+            atomic_write_text(self.path, _rows_to_csv_text(self.rows))
 
     def _remember(self, row: dict) -> None:
         self.rows.append(row)
@@ -350,7 +337,7 @@ class ResultStore:
         self._remember(row)
 
     def rewrite(self) -> None:
-        _atomic_write_text(self.path, _rows_to_csv_text(self.rows))
+        atomic_write_text(self.path, _rows_to_csv_text(self.rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,7 +612,7 @@ def _sigopt_values(row: dict, evaluator: Evaluator, metric: str) -> list[dict]:
 
 
 def _save_experiment_id(state_path: Path, experiment_id: str, url: str) -> None:
-    _atomic_write_text(state_path, json.dumps({"experiment_id": experiment_id, "api_url": url}) + "\n")
+    atomic_write_text(state_path, json.dumps({"experiment_id": experiment_id, "api_url": url}) + "\n")
 
 
 def _assignments_to_config(assignments, space: SearchSpace) -> LengthConfig:
@@ -865,7 +852,7 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
         row["pareto"] = flag
     store.rewrite()
     front = sorted((row for row in store.rows if row["pareto"]), key=lambda r: (r["macs"], -r["f1"]))
-    _atomic_write_text(output_dir / FRONT_CSV, _rows_to_csv_text(front))
+    atomic_write_text(output_dir / FRONT_CSV, _rows_to_csv_text(front))
     sweep = [store.get(constant_rate_config(space.max_length, space.num_layers, r)) for r in rates]
     write_plot(store.rows, [r for r in sweep if r is not None], store.get(space.full), objective,
                output_dir / PLOT_PNG)
@@ -879,7 +866,7 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
         "pareto_front": [_summary_row(r) for r in front],
         "full": _summary_row(store.get(space.full)) if store.get(space.full) else None,
     })
-    _atomic_write_text(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
