@@ -16,7 +16,7 @@ Backends (``--search_backend``):
 
 Every run also measures the full-length model and the constant-rate sweep. Rows are appended and
 fsync'd as soon as they are measured, so an interrupted search resumes without re-evaluating.
-See notes/search.md for the design and the differences from the reference code.
+See docs/search.md for the design and the differences from the reference code.
 """
 from __future__ import annotations
 
