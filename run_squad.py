@@ -623,9 +623,10 @@ def train(args, model, tokenizer, objective: Objective, train_dataset, runtime: 
         if args.evaluate_during_training and last_eval_step != global_step:
             best = evaluate_and_keep_best(args, model, tokenizer, eval_fn, global_step, best, writer,
                                           training_state)
+            last_eval_step = global_step
         save_checkpoint(Path(args.output_dir) / "checkpoint-last", model, tokenizer, args, training_state())
     runtime.barrier()
-    return {"global_step": global_step, "best_f1": best["f1"]}
+    return {"global_step": global_step, "best_f1": best["f1"], "last_eval_step": last_eval_step}
 
 
 def log_scalars(writer, running: dict, steps: int, scheduler, global_step: int) -> None:
@@ -761,8 +762,9 @@ def run(args) -> dict:
         writer = make_writer(args) if runtime.is_main else None
 
         def eval_fn(m, step):
-            results = evaluator(m, args.length_config_parsed, write_predictions=False)
+            results = evaluator(m, args.length_config_parsed)
             record_eval(args, results, step, writer)
+            summary["last_eval"] = results
             return results
 
         summary["train"] = train(args, model, tokenizer, Objective(args, teacher), features.train_dataset(),
@@ -770,8 +772,12 @@ def run(args) -> dict:
         if writer is not None:
             writer.close()
     if args.do_eval and runtime.is_main:
-        results = evaluator(unwrap(model), args.length_config_parsed)
-        record_eval(args, results)
+        trained = summary.get("train", {})
+        if trained and trained["last_eval_step"] == trained["global_step"]:
+            results = summary["last_eval"]  # the final model was just evaluated (and predictions written)
+        else:
+            results = evaluator(unwrap(model), args.length_config_parsed)
+            record_eval(args, results)
         summary["eval"] = results
         print(json.dumps({k: results[k] for k in ("exact_match", "f1", "macs_ratio")}))
     if args.do_search and runtime.is_main:

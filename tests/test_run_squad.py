@@ -78,6 +78,10 @@ def test_paper_steps_1_to_4_as_written(workspace):
         assert (best / name).is_file(), name
     results = json.loads((out / "fintuned_bert" / "eval_results.json").read_text())
     assert results["questions"] == 15 and 0 <= results["f1"] <= 100 and results["macs_ratio"] == 1.0
+    # --do_eval after training reuses the final in-training evaluation: one entry, predictions written.
+    assert [e["step"] for e in results["history"]] == [3]
+    predictions = json.loads((out / "fintuned_bert" / "predictions.json").read_text())
+    assert len(predictions) == 15
 
     assert run(command(STEP2, env, "--max_steps", "3")) == 0
     last = out / "intermediate" / "checkpoint-last"
