@@ -409,7 +409,8 @@ def train_step(args, model, objective: Objective, batch, sub_models, scale: floa
     input_ids, attention_mask, token_type_ids, start_positions, end_positions = batch
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                   start_positions=start_positions, end_positions=end_positions)
-    teacher_out = objective.teacher_outputs(inputs)
+    with autocast_context(args, runtime.device):
+        teacher_out = objective.teacher_outputs(inputs)
     terms = defaultdict(float)
     for i, sub in enumerate(sub_models):
         last = i == len(sub_models) - 1
@@ -543,8 +544,8 @@ def train(args, model, tokenizer, objective: Objective, train_dataset, runtime: 
     global_step, best = 0, {"f1": None}
     set_seed(args.seed)
     if args.resume_from_checkpoint:
-        state = torch.load(Path(args.resume_from_checkpoint) / TRAINING_STATE, map_location="cpu",
-                           weights_only=True)
+        state_file = Path(args.resume_from_checkpoint) / TRAINING_STATE
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and "scaler" in state:
