@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from utils_squad import atomic_write_text
+from utils_squad import atomic_write_text, new_file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -907,6 +907,7 @@ def write_plot(rows: Sequence[dict], sweep: Sequence[dict], full: dict | None, o
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         plt.close(fig)

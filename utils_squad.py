@@ -506,6 +506,7 @@ def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True)})
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -697,6 +698,14 @@ def postprocess_predictions(examples: list[SquadExample], features: SquadFeature
 # Writing
 # --------------------------------------------------------------------------------------------
 
+def new_file_mode() -> int:
+    """The permissions an ordinary ``open(path, "w")`` would give (0666 less the umask); temporary
+    files from ``mkstemp`` are 0600, so atomically written results get this mode instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder (fsync'd), then
     os.replace: readers see the old file or the new one, never half of one."""
@@ -708,6 +717,7 @@ def atomic_write_text(path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -571,3 +571,18 @@ def test_oracle_round_trip_real_dev(capsys):
     with capsys.disabled():
         print(f"\noracle round trip on the real dev set: {json.dumps(result)}")
     assert result["f1"] >= 99.0 and result["exact_match"] >= 99.0
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """mkstemp's files are 0600; results must be readable like any file the user writes."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        utils_squad.atomic_write_json(tmp_path / "r.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+        assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+        assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
+    finally:
+        os.umask(umask)
