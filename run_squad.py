@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num_sandwich", type=int, default=2)
     a("--length_drop_ratio_bound", type=float, default=0.2)
     a("--layer_dropout_prob", type=float, default=None)
-    a("--layer_dropout_bound", type=float, default=0.0)
+    a("--layer_dropout_bound", type=int, default=0, help="most layers a sub-model skips (LAT: a count)")
     a("--conventional_inplace_kl", action="store_true",
       help="sub-models minimise KL(full || sub) instead of the reference's KL(sub || full)")
     search.add_search_args(p)

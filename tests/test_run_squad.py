@@ -329,3 +329,20 @@ def test_quickstart_runs_all_five_steps(tmp_path):
     for name in ("search_results.csv", "pareto_front.csv", "pareto.png"):
         assert (search_dir / name).is_file(), name
         assert str(search_dir / name) in proc.stdout
+
+
+def test_sandwich_from_default_flags_without_layer_dropout():
+    """--length_adaptive alone (LAT's default --layer_dropout_bound 0, an integer count): every
+    sub-model runs all layers; the smallest drops 20% of the tokens at every layer."""
+    import random
+
+    args = run_squad.build_parser().parse_args(
+        ["--model_name_or_path", "x", "--output_dir", "y", "--length_adaptive", "--max_seq_length", "100"])
+    subs = run_squad.sub_models_for_step(args, 3, random.Random(0), None)
+    assert [s.kind for s in subs] == ["full", "smallest", "random", "random"]
+    assert all(s.layer_config == (0, 1, 2) for s in subs)
+    assert subs[0].length_config is None
+    assert subs[1].length_config == (80, 64, 52)  # ceil(100 * 0.8), ceil(80 * 0.8), ceil(64 * 0.8)
+    for s in subs[2:]:
+        lengths = s.length_config
+        assert all(a >= b for a, b in zip(lengths, lengths[1:])) and lengths[0] <= 100 and lengths[-1] >= 52
