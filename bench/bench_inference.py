@@ -18,8 +18,6 @@ Example: python bench/bench_inference.py --batch-sizes 1,32 --repeats 5 --output
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import utils_squad  # noqa: E402
 from length_drop import analytic_macs, constant_rate_length_config  # noqa: E402
 from modeling_bert import BertForQuestionAnswering  # noqa: E402
 
@@ -116,21 +115,14 @@ def time_interleaved(runs: dict, repeats: int, desc: str) -> dict:
 
 
 def squad_features(dev_file, tokenizer_dir, seq_length, limit):
-    """Question/context features of the first dev questions (384 tokens, stride 128, only the
-    context truncated), as the SQuAD preprocessing does; returns input_ids/token_type_ids lists."""
+    """(input_ids, token_type_ids) lists, real tokens only, of the first ``limit`` dev features,
+    built by the project's SQuAD pipeline (windows of ``seq_length`` tokens, stride 128)."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    data = json.loads(Path(dev_file).read_text(encoding="utf-8"))["data"]
-    features = []
-    for article in data:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                encoded = tokenizer(qa["question"], paragraph["context"], truncation="only_second",
-                                    max_length=seq_length, stride=128, return_overflowing_tokens=True)
-                for ids, types in zip(encoded["input_ids"], encoded["token_type_ids"]):
-                    features.append((ids, types))
-                    if len(features) >= limit:
-                        return features
-    return features
+    examples = utils_squad.read_squad_examples(dev_file, is_training=False)[:limit]
+    features = utils_squad.convert_examples_to_features(examples, tokenizer, seq_length, 128)
+    lengths = features.attention_mask.sum(1).tolist()
+    return [(features.input_ids[i, :n].tolist(), features.token_type_ids[i, :n].tolist())
+            for i, n in enumerate(lengths[:limit])]
 
 
 def pad_batch(features, length, device):
@@ -255,12 +247,8 @@ def main(argv=None):
     if args.output:
         result = dict(command=" ".join(sys.argv), torch=torch.__version__, transformers=transformers.__version__,
                       threads=torch.get_num_threads(), device=args.device, rows=rows)
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = output.with_suffix(output.suffix + ".tmp")
-        temporary.write_text(json.dumps(result, indent=2))
-        os.replace(temporary, output)
-        print(f"wrote {output}")
+        utils_squad.atomic_write_json(args.output, result)
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
