@@ -306,11 +306,18 @@ def check_same_vocabulary(args, tokenizer, teacher) -> None:
 
 
 def feature_cache_dir(args) -> Path:
+    """--cache_dir; else the data folder, as the reference, unless it is marked read-only (checked
+    on the mode bits: root may write anywhere, but a shared read-only data folder must stay clean);
+    else <output_dir>/cached_features."""
     if args.cache_dir:
         return Path(args.cache_dir)
-    if args.data_dir and os.access(args.data_dir, os.W_OK):
+    if args.data_dir and _writable(Path(args.data_dir)):
         return Path(args.data_dir)
     return Path(args.output_dir) / "cached_features"
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def load_features(args, tokenizer, runtime: Runtime, is_training: bool, max_questions: int | None):

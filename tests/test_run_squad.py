@@ -346,3 +346,24 @@ def test_sandwich_from_default_flags_without_layer_dropout():
     for s in subs[2:]:
         lengths = s.length_config
         assert all(a >= b for a, b in zip(lengths, lengths[1:])) and lengths[0] <= 100 and lengths[-1] >= 52
+
+
+def test_feature_cache_never_lands_in_a_read_only_data_folder(workspace, tmp_path):
+    """Root ignores permission bits, so a read-only (r-x) data folder must be detected by its mode:
+    the cache then goes to <output_dir>/cached_features and the data folder stays as it was."""
+    import os
+    import stat
+
+    env = workspace
+    data = tmp_path / "ro_squad"
+    shutil.copytree(env["SQUAD_DIR"], data, ignore=shutil.ignore_patterns("cached_*"))
+    before = sorted(p.name for p in data.iterdir())
+    os.chmod(data, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    try:
+        args = tiny_args(env, tmp_path / "out", "--do_eval")
+        args[args.index("--data_dir") + 1] = data
+        assert run(args) == 0
+        assert sorted(p.name for p in data.iterdir()) == before
+        assert any((tmp_path / "out" / "cached_features").glob("cached_squad_eval_*"))
+    finally:
+        os.chmod(data, 0o755)
