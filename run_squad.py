@@ -244,15 +244,15 @@ def load_tokenizer(args):
 def checkpoint_has_fit_dense(folder: str) -> bool:
     """Whether the checkpoint's weights include TinyBERT's ``fit_dense`` projection."""
     folder = Path(folder)
-    for name in ("model.safetensors",):
-        if (folder / name).is_file():
-            from safetensors import safe_open
-            with safe_open(str(folder / name), "pt") as f:
-                return any(k.split(".")[-2] == "fit_dense" for k in f.keys() if "." in k)
-    if (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return any("fit_dense" in k for k in state)
-    return False
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+    elif (folder / "pytorch_model.bin").is_file():
+        keys = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True).keys()
+    else:
+        return False
+    return any("fit_dense" in key for key in keys)
 
 
 def load_model(path: str, config_name: str | None = None, **config_overrides) -> BertForQuestionAnswering:
@@ -321,16 +321,15 @@ def _writable(folder: Path) -> bool:
 
 
 def load_features(args, tokenizer, runtime: Runtime, is_training: bool, max_questions: int | None):
-    path = args.train_path if is_training else args.predict_path
-    build = lambda: utils_squad.load_or_build_features(  # noqa: E731
-        path, tokenizer, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+    # Rank 0 builds the cache first; the other ranks then read it.
+    if not runtime.is_main:
+        runtime.barrier()
+    result = utils_squad.load_or_build_features(
+        args.train_path if is_training else args.predict_path, tokenizer,
+        max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
         max_query_length=args.max_query_length, is_training=is_training,
         cache_dir=feature_cache_dir(args), overwrite_cache=args.overwrite_cache and runtime.is_main,
         max_examples=max_questions)
-    # Rank 0 builds the cache; the others then read it.
-    if not runtime.is_main:
-        runtime.barrier()
-    result = build()
     if runtime.is_main:
         runtime.barrier()
     return result
