@@ -160,9 +160,12 @@ def activation_macs_per_element(hidden_act: str) -> int:
     from transformers.activations import ACT2FN
 
     width = 16
+    # A private generator: evaluation during training must not move the global torch RNG, or a
+    # resumed run would draw different dropout masks from the uninterrupted one.
+    sample = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        macs = torchprofile.profile_macs(ACT2FN[hidden_act], args=(torch.randn(1, width),))
+        macs = torchprofile.profile_macs(ACT2FN[hidden_act], args=(sample,))
     return int(macs) // width
 
 

@@ -21,7 +21,9 @@ See docs/search.md for the design and the differences from the reference code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
@@ -29,13 +31,14 @@ import math
 import os
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from utils_squad import atomic_write_text, new_file_mode
+from utils_squad import DiskFullError, atomic_write_text, is_disk_full, new_file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ FRONT_CSV = "pareto_front.csv"
 PLOT_PNG = "pareto.png"
 SUMMARY_JSON = "search_summary.json"
 SIGOPT_STATE_JSON = "sigopt_experiment.json"
+META_JSON = "search_results.meta.json"
+# One search's files in its folder; --search_restart moves them aside together.
+SEARCH_FILES = (RESULTS_CSV, META_JSON, FRONT_CSV, PLOT_PNG, SUMMARY_JSON, SIGOPT_STATE_JSON, "search.db")
 # LAT's sample_length_configuration never goes below 2 tokens; the constant-rate sweep keeps it.
 SWEEP_FLOOR = 2
 DEFAULT_RATES = "1.0,0.95,0.9,0.85,0.8,0.75,0.7"
@@ -85,6 +91,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--search_study_name", default=None,
                        help="Optuna study / SigOpt experiment name "
                             "(default dynamic-tinybert-<objective>).")
+    group.add_argument("--search_restart", action="store_true",
+                       help="Start afresh: move the folder's earlier search files (CSV, Optuna "
+                            "search.db, SigOpt experiment id, plot) to previous_search_<time>/.")
     group.add_argument("--search_seed", type=int, default=42, help="Seed of the search sampler.")
     group.add_argument("--search_rates", default=DEFAULT_RATES,
                        help="Comma list of keep rates for the constant-rate sweep: each layer "
@@ -244,11 +253,13 @@ def _row_to_csv_fields(row: dict) -> dict:
     return {key: fields.get(key, "") for key in CSV_COLUMNS}
 
 
-def _parse_csv_row(raw: dict, path: Path, line: int) -> dict:
+def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None" = None) -> dict:
     try:
         config = json.loads(raw["length_config"])
         if not isinstance(config, list) or not all(isinstance(x, int) for x in config):
             raise ValueError("length_config is not a JSON list of integers")
+        if space is not None:
+            _check_row_config(config, space)
         return {
             "trial": int(raw["trial"]),
             "backend": raw["backend"],
@@ -265,6 +276,15 @@ def _parse_csv_row(raw: dict, path: Path, line: int) -> dict:
         raise ValueError(f"{path}: line {line}: malformed row ({err})") from err
 
 
+def _check_row_config(config: list, space: "SearchSpace") -> None:
+    """A stored configuration must fit the model: one length per layer, each in [1, max]
+    (the constant-rate sweep may go below --search_min_length, never below 1)."""
+    if len(config) != space.num_layers:
+        raise ValueError(f"length_config has {len(config)} layers, the model has {space.num_layers}")
+    if not all(1 <= x <= space.max_length for x in config):
+        raise ValueError(f"length_config {config} has lengths outside [1, {space.max_length}]")
+
+
 def _rows_to_csv_text(rows: Iterable[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -274,44 +294,69 @@ def _rows_to_csv_text(rows: Iterable[dict]) -> str:
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``<path>.lock``: several workers (processes) may share one
+    output folder, and each reads, appends and rewrites the CSV only while holding it."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 class ResultStore:
     """``search_results.csv``: one row per measured configuration, appended and fsync'd at once.
 
     Reading it back on start is what makes a search resumable: measured configurations are
-    served from here instead of being evaluated again.
+    served from here instead of being evaluated again. Several workers may share the file: every
+    read and write holds ``file_lock``, and each write first merges the rows others appended.
+    ``space``, when given, is what every stored configuration must fit.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, space: "SearchSpace | None" = None):
         self.path = Path(path)
+        self.space = space
         self.rows: list[dict] = []
         self._by_config: dict[LengthConfig, dict] = {}
-        if self.path.is_file():
-            self._load()
-        else:
-            atomic_write_text(self.path, _rows_to_csv_text([]))
+        self.refresh()
 
-    def _load(self) -> None:
+    def refresh(self) -> None:
+        """Merge the rows other workers appended since the last read."""
+        with file_lock(self.path):
+            self._sync()
+
+    def _read_file(self) -> tuple[list[dict], bool]:
+        """The file's rows, and whether it must be rewritten (missing, empty or torn)."""
+        if not self.path.is_file():
+            return [], True
         text = self.path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
+        torn = bool(text) and not text.endswith("\n")
+        if torn:  # killed mid-write: the last line is incomplete even if it parses; measure it again
+            logger.warning("%s: dropping a partially written last row", self.path)
+            text = text[:text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None:  # empty file
-            atomic_write_text(self.path, _rows_to_csv_text([]))
-            return
+            return [], True
         if tuple(reader.fieldnames) != CSV_COLUMNS:
             raise ValueError(f"{self.path}: unexpected header {reader.fieldnames}; expected {list(CSV_COLUMNS)}")
-        raws = list(reader)
-        torn_last_line = bool(lines) and not lines[-1].endswith("\n")
-        for index, raw in enumerate(raws):
-            is_last = index == len(raws) - 1
-            try:
-                row = _parse_csv_row(raw, self.path, index + 2)
-            except ValueError:
-                if is_last and torn_last_line:  # killed mid-write: drop the partial row
-                    logger.warning("%s: dropping a partially written last row", self.path)
-                    break
-                raise
+        rows = [_parse_csv_row(raw, self.path, index + 2, self.space) for index, raw in enumerate(reader)]
+        return rows, torn
+
+    def _sync(self) -> None:
+        """(Under the lock.) Take the file's rows, keep this process's rows the file lost (a
+        writer without the lock), and repair the file if needed."""
+        file_rows, needs_write = self._read_file()
+        in_file = {row["length_config"] for row in file_rows}
+        lost = [row for row in self.rows if row["length_config"] not in in_file]
+        merged = [self._by_config.get(row["length_config"], row) for row in file_rows] + lost
+        self.rows, self._by_config = [], {}
+        for row in merged:
             self._remember(row)
-        if torn_last_line:
+        if needs_write or lost:
             atomic_write_text(self.path, _rows_to_csv_text(self.rows))
 
     def _remember(self, row: dict) -> None:
@@ -327,17 +372,107 @@ class ResultStore:
     def next_trial(self) -> int:
         return max((row["trial"] for row in self.rows), default=-1) + 1
 
-    def append(self, row: dict) -> None:
-        """Append one row and fsync it, so a crash right after loses nothing."""
-        line = _rows_to_csv_text([row]).split("\n", 1)[1]
-        with open(self.path, "a", encoding="utf-8", newline="") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._remember(row)
+    def append(self, row: dict) -> dict:
+        """Append one row and fsync it, so a crash right after loses nothing. Returns the stored
+        row: another worker's, if it measured the same configuration meanwhile."""
+        with file_lock(self.path):
+            self._sync()
+            existing = self.get(row["length_config"])
+            if existing is not None:
+                return existing
+            row = dict(row, trial=self.next_trial())
+            line = _rows_to_csv_text([row]).split("\n", 1)[1]
+            with open(self.path, "a", encoding="utf-8", newline="") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._remember(row)
+        return row
 
-    def rewrite(self) -> None:
-        atomic_write_text(self.path, _rows_to_csv_text(self.rows))
+    def rewrite(self, update: Callable[[list[dict]], None] | None = None) -> None:
+        """Rewrite the file atomically with every worker's rows, after ``update(rows)`` (e.g.
+        the Pareto flags) has run on them, all under the lock."""
+        with file_lock(self.path):
+            self._sync()
+            if update is not None:
+                update(self.rows)
+            atomic_write_text(self.path, _rows_to_csv_text(self.rows))
+
+
+# ----------------------------------------------------------------------------------------------
+# What the rows were measured on (search_results.meta.json) and --search_restart
+# ----------------------------------------------------------------------------------------------
+
+def search_fingerprint(args: argparse.Namespace, space: SearchSpace, full_macs: int,
+                       measured_on: dict | None) -> dict:
+    """Everything a row's F1 and MACs depend on: the model's layers and MACs, the lengths, the
+    questions scored, and the caller's own fingerprints (weights, data file)."""
+    fingerprint = {"num_hidden_layers": space.num_layers, "max_seq_length": space.max_length,
+                   "full_macs": int(full_macs), "search_subset": args.search_subset, **(measured_on or {})}
+    return json.loads(json.dumps(fingerprint))  # as it reads back from the sidecar
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text[:15] + '..."' if len(text) > 20 else text
+
+
+def fingerprint_differences(recorded: dict, current: dict) -> list[str]:
+    return [f"{key} {_shown(recorded.get(key))} there, {_shown(current.get(key))} now"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
+def _csv_has_rows(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as handle:
+        return len(handle.readlines(1 << 16)) > 1
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def move_previous_search_aside(output_dir: Path) -> Path | None:
+    """--search_restart: move an earlier search's files into ``previous_search_<time>/``
+    (nothing is deleted); returns that folder, or None when there was nothing to move."""
+    present = [output_dir / name for name in SEARCH_FILES if (output_dir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = output_dir / f"previous_search_{stamp}", 1
+    while target.exists():
+        target, n = output_dir / f"previous_search_{stamp}-{n}", n + 1
+    target.mkdir()
+    for path in present:
+        os.replace(path, target / path.name)
+    logger.warning("--search_restart: the earlier search's files were moved to %s", target)
+    return target
+
+
+def prepare_results_folder(output_dir: Path, measured: dict, restart: bool) -> None:
+    """Reuse the CSV's rows only if they were measured on ``measured``; else stop with the
+    difference and the way out. Records ``measured`` beside a CSV without rows."""
+    csv_path, meta_path = output_dir / RESULTS_CSV, output_dir / META_JSON
+    way_out = ("use another --output_dir, or --search_restart to start afresh (the earlier files are "
+               "moved to previous_search_<time>/, nothing is deleted)")
+    with file_lock(csv_path):
+        if restart:
+            move_previous_search_aside(output_dir)
+        recorded = _read_json(meta_path)
+        if _csv_has_rows(csv_path):
+            if not isinstance(recorded, dict):
+                raise ValueError(f"{csv_path} holds rows but {meta_path.name} does not say what they were "
+                                 f"measured on, so they cannot be reused; {way_out}")
+            differences = fingerprint_differences(recorded, measured)
+            if differences:
+                raise ValueError(f"{csv_path} holds rows measured on something else ("
+                                 f"{'; '.join(differences)}); {way_out}")
+        elif recorded != measured:
+            atomic_write_text(meta_path, json.dumps(measured, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,6 +481,22 @@ class ResultStore:
 
 class BudgetExhausted(Exception):
     """Raised when a backend asks for a new evaluation after its budget is spent."""
+
+
+class StoreError(RuntimeError):
+    """The results file could not be written; the search stops (written rows are kept)."""
+
+
+# Errors that end the search; the backends report other evaluation errors as failed trials.
+FATAL_ERRORS = (DiskFullError, StoreError)
+
+
+def store_write_error(err: BaseException, path: Path) -> Exception:
+    """A clear error for a failed write of ``path``: DiskFullError when the disk is full."""
+    if is_disk_full(err, path.parent):
+        return DiskFullError(f"no space left on {path.parent} (writing {path.name}); the rows measured "
+                             f"so far are kept in {path}")
+    return StoreError(f"cannot write {path}: {err}")
 
 
 def compute_of(row: dict, objective: str) -> float:
@@ -373,6 +524,9 @@ class Evaluator:
         """
         config = tuple(int(x) for x in config)
         cached = self.store.get(config)
+        if cached is None:  # another worker sharing the folder may have measured it
+            self.store.refresh()
+            cached = self.store.get(config)
         if cached is not None:
             self.cache_hits += 1
             return cached
@@ -384,7 +538,10 @@ class Evaluator:
             self.failures += 1
             raise
         row = self._make_row(config, backend, result)
-        self.store.append(row)
+        try:
+            row = self.store.append(row)
+        except OSError as err:  # the search cannot go on without its results file
+            raise store_write_error(err, self.store.path) from err
         self.evaluated += 1
         logger.info("trial %d [%s] %s: f1 %.2f, macs %d (x%.2f), %.1fs", row["trial"], backend,
                     list(config), row["f1"], row["macs"], row["macs_ratio"], row["eval_seconds"])
@@ -460,6 +617,7 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
                                 directions=["maximize", "minimize"], load_if_exists=True)
     distributions = {f"x{i}": IntDistribution(space.min_length, space.max_length)
                      for i in range(space.num_layers)}
+    check_study_measured_on(study, getattr(evaluator, "measured_on", None), storage)
 
     # Tell the study about configurations measured before but unknown to it (a run interrupted
     # between measuring and telling, or a fresh storage): they count against the budget.
@@ -480,11 +638,18 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     def n_finished() -> int:
         return len(study.get_trials(deepcopy=False, states=finished))
 
+    fatal: list[BaseException] = []
+
     def objective(trial: "optuna.Trial") -> tuple[float, float]:
         params = {name: trial.suggest_int(name, space.min_length, space.max_length) for name in distributions}
         config = optuna_config_from_params(params, space)
         trial.set_user_attr("length_config", list(config))
-        row = evaluator(config, "optuna")
+        try:
+            row = evaluator(config, "optuna")
+        except FATAL_ERRORS as err:  # optuna would catch it as a failed trial and go on
+            fatal.append(err)
+            trial.study.stop()
+            raise
         return row["f1"], evaluator.compute(row)
 
     remaining = max(args.search_budget - n_finished(), 0)
@@ -497,7 +662,25 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
 
         if remaining:
             study.optimize(objective, n_trials=remaining, callbacks=[on_trial_end], catch=(Exception,))
+    if fatal:
+        raise fatal[0]
     return {"storage": _redact_url(storage), "study_name": study_name, "trials": n_finished()}
+
+
+def check_study_measured_on(study, measured: dict | None, storage: str) -> None:
+    """A shared study must hold trials of the same model and data: record what this worker
+    measures on, or stop when the study was started on something else."""
+    if measured is None:
+        return
+    recorded = study.user_attrs.get("measured_on")
+    if recorded is None:
+        study.set_user_attr("measured_on", measured)
+        return
+    differences = fingerprint_differences(recorded, measured)
+    if differences:
+        raise ValueError(f"Optuna study {study.study_name!r} in {_redact_url(storage)} holds trials "
+                         f"measured on something else ({'; '.join(differences)}); give another "
+                         "--search_study_name or --search_storage")
 
 
 def _redact_url(url: str) -> str:
@@ -683,6 +866,8 @@ def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
             config = _assignments_to_config(suggestion.assignments, space)
             try:
                 row = evaluator(config, "sigopt")
+            except FATAL_ERRORS:
+                raise
             except Exception as err:  # reported to SigOpt as a failed observation
                 failed += 1
                 logger.warning("evaluation of %s failed: %r; reporting a failed observation", list(config), err)
@@ -742,7 +927,7 @@ class EvolutionSearch:
         assert self.space.contains(gene), gene
         try:
             self.evaluator(gene, "evolution", budget=self.args.search_budget)
-        except BudgetExhausted:
+        except (BudgetExhausted, *FATAL_ERRORS):
             raise
         except Exception as err:
             logger.warning("evaluation of %s failed: %r", list(gene), err)
@@ -847,10 +1032,12 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
                      space: SearchSpace, summary: dict) -> dict:
     """Recompute the pareto column over all rows, rewrite the CSV atomically, write
     pareto_front.csv, pareto.png and search_summary.json; returns the summary."""
-    flags = pareto_flags([(row["f1"], compute_of(row, objective)) for row in store.rows])
-    for row, flag in zip(store.rows, flags):
-        row["pareto"] = flag
-    store.rewrite()
+    def mark_front(rows: list[dict]) -> None:  # over every worker's rows, under the lock
+        flags = pareto_flags([(row["f1"], compute_of(row, objective)) for row in rows])
+        for row, flag in zip(rows, flags):
+            row["pareto"] = flag
+
+    store.rewrite(mark_front)
     front = sorted((row for row in store.rows if row["pareto"]), key=lambda r: (r["macs"], -r["f1"]))
     atomic_write_text(output_dir / FRONT_CSV, _rows_to_csv_text(front))
     sweep = [store.get(constant_rate_config(space.max_length, space.num_layers, r)) for r in rates]
@@ -931,21 +1118,40 @@ SEARCHES = {"optuna": run_optuna, "sigopt": run_sigopt, "evolution": run_evoluti
 
 
 def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_hidden_layers: int,
-                         max_seq_length: int, full_macs: int, output_dir) -> Path:
+                         max_seq_length: int, full_macs: int, output_dir,
+                         measured_on: dict | None = None) -> Path:
     """Validate the flags, measure the full model and the constant-rate sweep, run the search
     backend, and write search_results.csv, pareto_front.csv, pareto.png, search_summary.json.
 
+    ``measured_on``: what the caller's evaluations depend on beyond the search's own settings
+    (weights and data fingerprints, lengths); rows in the CSV are reused only when it matches.
     Returns the path of search_results.csv. On a backend error the rows already measured stay in
     the CSV (and the outputs are refreshed) before the error propagates.
     """
     validate_args(args, num_hidden_layers, max_seq_length)
+    output_dir = Path(output_dir)
+    space = SearchSpace(num_hidden_layers, args.search_min_length, max_seq_length)
+    measured = search_fingerprint(args, space, full_macs, measured_on)
+    try:
+        return _run_search(args, evaluate_fn, space, full_macs, output_dir, measured)
+    except (ValueError, SigOptError, *FATAL_ERRORS):
+        raise
+    except Exception as err:  # e.g. SQLite's "database or disk is full" as Optuna's AssertionError
+        if is_disk_full(err, output_dir):
+            raise DiskFullError(f"no space left on {output_dir} ({type(err).__name__}: {err}); the rows "
+                                f"measured so far are kept in {output_dir / RESULTS_CSV}") from err
+        raise
+
+
+def _run_search(args: argparse.Namespace, evaluate_fn: EvaluateFn, space: SearchSpace, full_macs: int,
+                output_dir: Path, measured: dict) -> Path:
     backend = resolve_backend(args)
     rates = parse_rates(args.search_rates)
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    space = SearchSpace(num_hidden_layers, args.search_min_length, max_seq_length)
-    store = ResultStore(output_dir / RESULTS_CSV)
+    prepare_results_folder(output_dir, measured, restart=getattr(args, "search_restart", False))
+    store = ResultStore(output_dir / RESULTS_CSV, space)
     evaluator = Evaluator(evaluate_fn, store, full_macs, args.search_objective)
+    evaluator.measured_on = measured
     cached_before = len(store.rows)
     summary = {
         "backend": backend, "objective": args.search_objective, "budget": args.search_budget,
@@ -953,6 +1159,7 @@ def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_
         "num_hidden_layers": space.num_layers, "full_macs": int(full_macs),
         "subset": args.search_subset, "seed": args.search_seed, "rates": rates,
         "macs_ratio": "full_macs / macs (speedup over the full-length model)",
+        "measured_on": measured,
     }
     error: BaseException | None = None
     try:

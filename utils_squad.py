@@ -9,11 +9,13 @@ n-best search (top-k starts x top-k ends, max-context rule, length limit, de-dup
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the tensors' sha256 is stored and checked
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
@@ -488,6 +490,16 @@ def _cache_path(cache_dir, key: dict) -> Path:
     return Path(cache_dir) / f"cached_squad_{key['split']}_{digest[:24]}.safetensors"
 
 
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
     from safetensors.torch import save_file
 
@@ -505,7 +517,8 @@ def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True)})
+        save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True),
+                                          "tensors_sha256": tensors_sha256(tensors)})
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -522,6 +535,9 @@ def _load_cache(path: Path, key: dict, num_examples: int, is_training: bool) -> 
         if json.loads(metadata.get("key", "null")) != key:
             raise ValueError("cache key does not match")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    # The header check cannot see flipped bytes inside the tensors; the checksum can.
+    if metadata.get("tensors_sha256") != tensors_sha256(tensors):
+        raise ValueError("the tensors' checksum does not match")
     n, length = tensors["input_ids"].shape
     names = ["attention_mask", "token_type_ids"] + (
         ["start_positions", "end_positions"] if is_training else ["offset_starts", "offset_ends"])
@@ -737,3 +753,50 @@ def write_predictions(predictions: dict, nbest: dict, output_dir, prefix: str = 
     atomic_write_json(pred_path, predictions)
     atomic_write_json(nbest_path, nbest)
     return pred_path, nbest_path
+
+
+# --------------------------------------------------------------------------------------------
+# A full disk, said plainly
+# --------------------------------------------------------------------------------------------
+
+class DiskFullError(RuntimeError):
+    """A write failed because the disk (or quota) is full; what was complete is kept."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# torch ("unexpected pos"), SQLite and safetensors report a full disk in words of their own.
+DISK_FULL_WORDS = ("no space left", "database or disk is full", "disk quota exceeded")
+LOW_SPACE_BYTES = 1 << 20
+
+
+def free_bytes(path) -> int:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _exception_chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def is_disk_full(err: BaseException, path) -> bool:
+    """Whether ``err`` (raised while writing under ``path``) comes from a full disk: an ENOSPC
+    anywhere in its chain, a library's own words for it, or, for errors that hide the cause
+    (torch's ``inline_container.cc ... unexpected pos``), less than 1 MiB left on ``path``."""
+    if not isinstance(err, Exception):
+        return False  # Ctrl-C is never a full disk
+    for e in _exception_chain(err):
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(words in str(e).lower() for words in DISK_FULL_WORDS):
+            return True
+    try:
+        return free_bytes(path) < LOW_SPACE_BYTES
+    except OSError:
+        return False
