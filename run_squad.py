@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -136,6 +138,11 @@ def validate_args(args) -> None:
     if not Path(args.model_name_or_path).is_dir():
         raise UsageError(f"--model_name_or_path {args.model_name_or_path}: no such model folder "
                          "(models load from local folders; no model hub is reachable)")
+    check_output_dir(Path(args.output_dir))
+    check_model_folder(Path(args.model_name_or_path), "--model_name_or_path")
+    check_tokenizer_folder(Path(args.tokenizer_name or args.model_name_or_path),
+                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path")
+    check_size_flags(args)
     if args.do_train:
         args.train_path = resolve_data_file(args, args.train_file)
         if not args.train_path.is_file():
@@ -153,6 +160,8 @@ def validate_args(args) -> None:
                          "needs --teacher_model_name_or_path")
     if args.teacher_model_name_or_path and not Path(args.teacher_model_name_or_path).is_dir():
         raise UsageError(f"--teacher_model_name_or_path {args.teacher_model_name_or_path}: no such model folder")
+    if args.teacher_model_name_or_path:
+        check_model_folder(Path(args.teacher_model_name_or_path), "--teacher_model_name_or_path")
     if args.pred_distill and (args.state_loss_ratio > 0 or args.att_loss_ratio > 0):
         raise UsageError("--pred_distill (step 3) and --state_loss_ratio/--att_loss_ratio (step 2) "
                          "are separate steps; give one or the other")
@@ -162,6 +171,8 @@ def validate_args(args) -> None:
     if args.resume_from_checkpoint and not (Path(args.resume_from_checkpoint) / TRAINING_STATE).is_file():
         raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no {TRAINING_STATE} "
                          "there (only checkpoints written by this script's training can be resumed)")
+    if args.resume_from_checkpoint:
+        check_model_folder(Path(args.resume_from_checkpoint), "--resume_from_checkpoint")
     if args.fp16 and args.bf16:
         raise UsageError("give at most one of --fp16 and --bf16")
     for flag in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps"):
@@ -169,11 +180,76 @@ def validate_args(args) -> None:
             raise UsageError(f"--{flag} must be at least 1")
     if args.temperature <= 0:
         raise UsageError("--temperature must be positive")
+    for flag in ("state_loss_ratio", "att_loss_ratio"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be >= 0 (0 turns the loss off), got {getattr(args, flag)}")
     out = Path(args.output_dir)
     if (args.do_train or args.do_search) and out.is_dir() and any(out.iterdir()) \
             and not args.overwrite_output_dir:
         raise UsageError(f"--output_dir {out} exists and is not empty; use --overwrite_output_dir "
                          "to write into it (nothing else there is deleted)")
+    earlier_predictions = [n for n in ("predictions.json", "nbest_predictions.json") if (out / n).exists()]
+    if args.do_eval and earlier_predictions and not args.overwrite_output_dir:
+        raise UsageError(f"--output_dir {out} holds an earlier run's {earlier_predictions[0]}; use "
+                         "--overwrite_output_dir to replace it, or another --output_dir")
+
+
+def check_size_flags(args) -> None:
+    for flag in ("max_train_questions", "max_eval_questions"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value} (leave it out to use every question)")
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder must be a folder, or creatable, and writable (mode bits too: root may
+    write anywhere), before anything loads."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out} is a file, not a folder")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output_dir {out} lies under {existing}, which is a file")
+    if not _writable(existing):
+        raise UsageError(f"--output_dir {out}: {existing} is not writable")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(folder: Path, flag: str) -> None:
+    """A model folder needs a readable config.json and a weights file whose header is whole."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UsageError(f"{flag} {folder}: no config.json there (not a Hugging Face model folder)")
+    try:
+        loaded = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{flag}: {config} is not a valid JSON file ({e})") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{flag}: {config} must hold a JSON object, got {type(loaded).__name__}")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UsageError(f"{flag} {folder}: no weights file there (expected one of {', '.join(WEIGHT_FILES)})")
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(folder / "model.safetensors"), "pt"):
+                pass  # the header and the file's length are checked on opening
+        except Exception as e:  # SafetensorError: truncated or not a safetensors file
+            raise UsageError(f"{flag}: {folder / 'model.safetensors'} is truncated or corrupt ({e})") from None
+
+
+def check_tokenizer_folder(folder: Path, flag: str) -> None:
+    if not folder.is_dir() or not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+        raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give "
+                         "--tokenizer_name a folder that has one")
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +310,10 @@ def load_tokenizer(args):
     from transformers import AutoTokenizer
 
     name = args.tokenizer_name or args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise UsageError(f"{name}: cannot load the tokenizer ({first_line(e)})") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"{name}: a fast tokenizer (tokenizer.json or vocab.txt) is needed for offsets")
     utils_squad.check_lower_case(tokenizer, args.do_lower_case)
@@ -264,11 +343,20 @@ def load_model(path: str, config_name: str | None = None, **config_overrides) ->
     return BertForQuestionAnswering.from_pretrained(path, config=config)
 
 
+def load_model_checked(path: str, flag: str, *args, **kwargs) -> BertForQuestionAnswering:
+    """``load_model``, with any failure to read the folder as one line naming it."""
+    try:
+        return load_model(path, *args, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
+
+
 def load_student_and_teacher(args, tokenizer, runtime: Runtime):
     teacher = None
     overrides = {}
     if args.teacher_model_name_or_path:
-        teacher = load_model(args.teacher_model_name_or_path).to(runtime.device).eval()
+        teacher = load_model_checked(args.teacher_model_name_or_path,
+                                     "--teacher_model_name_or_path").to(runtime.device).eval()
         teacher.requires_grad_(False)
         check_same_vocabulary(args, tokenizer, teacher)
         if args.state_loss_ratio > 0:
@@ -280,7 +368,8 @@ def load_student_and_teacher(args, tokenizer, runtime: Runtime):
                 overrides["fit_size"] = teacher.config.hidden_size
     # A resumed run continues from the checkpoint's weights.
     student_path = args.resume_from_checkpoint or args.model_name_or_path
-    student = load_model(student_path, args.config_name, **overrides).to(runtime.device)
+    student_flag = "--resume_from_checkpoint" if args.resume_from_checkpoint else "--model_name_or_path"
+    student = load_model_checked(student_path, student_flag, args.config_name, **overrides).to(runtime.device)
     if teacher is not None:
         if args.state_loss_ratio > 0 or args.att_loss_ratio > 0:
             distillation.layers_per_block(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -447,23 +536,84 @@ def train_step(args, model, objective: Objective, batch, sub_models, scale: floa
 
 def save_checkpoint(folder: Path, model, tokenizer, args, training_state: dict | None = None) -> None:
     """Write a Hugging Face checkpoint into a temporary folder, then swap it in by renames, so a
-    crash never leaves a broken checkpoint at ``folder``."""
+    crash never leaves a broken checkpoint at ``folder`` (``recover_checkpoints`` finishes a swap
+    cut short). A failed write leaves nothing behind; a full disk is said as such."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    unwrap(model).save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    utils_squad.atomic_write_json(tmp / "training_args.json", args_to_json(args))
-    if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE)
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        unwrap(model).save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        utils_squad.atomic_write_json(tmp / "training_args.json", args_to_json(args))
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+    except BaseException as err:
+        disk_full = utils_squad.is_disk_full(err, folder.parent)  # before the partial copy is freed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full:
+            kept = f"the previous {folder.name} is kept" if folder.exists() else f"no {folder.name} was written"
+            raise utils_squad.DiskFullError(f"no space left on {folder.parent} while writing {folder.name}; "
+                                            f"{kept}") from err
+        raise
+    swap_into_place(tmp, folder, old)
+
+
+def swap_into_place(tmp: Path, folder: Path, old: Path) -> None:
     if folder.exists():
         os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+HIDDEN_CHECKPOINT = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_checkpoints(folder: Path) -> None:
+    """Finish or undo the checkpoint swaps of processes that died in ``save_checkpoint``.
+
+    A kill between its two renames leaves no ``checkpoint-X`` but ``.checkpoint-X.old-PID`` (the
+    previous copy) and ``.checkpoint-X.tmp-PID`` (the new one, complete: the old copy is moved
+    aside only after it was written): the new copy is moved into place. Every other leftover is
+    an unfinished write or an already replaced copy, and is deleted."""
+    if not folder.is_dir():
+        return
+    leftovers = defaultdict(dict)
+    for path in folder.iterdir():
+        match = HIDDEN_CHECKPOINT.match(path.name)
+        if match and path.is_dir() and not _process_alive(int(match["pid"])):
+            leftovers[(match["name"], match["pid"])][match["kind"]] = path
+    for (name, _), paths in sorted(leftovers.items()):
+        target = folder / name
+        # Several processes (torchrun ranks) may recover at once: a vanished path is fine.
+        with contextlib.suppress(FileNotFoundError):
+            if not target.exists() and "old" in paths:
+                os.replace(paths.get("tmp", paths["old"]), target)
+                logger.warning("recovered %s from an interrupted checkpoint save", target)
+        for path in paths.values():
+            if path.exists():
+                logger.warning("removing %s, left by an interrupted checkpoint save", path)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def args_to_json(args) -> dict:
@@ -658,7 +808,9 @@ def evaluate_and_keep_best(args, model, tokenizer, eval_fn, global_step, best, w
     if results is not None and (best["f1"] is None or results["f1"] > best["f1"]):
         best = {"f1": results["f1"], "step": global_step}
         logger.info("best dev F1 so far (%.2f) at step %d: saving checkpoint-best", results["f1"], global_step)
-        save_checkpoint(Path(args.output_dir) / "checkpoint-best", model, tokenizer, args, training_state())
+        # training_state() still holds the previous best; this checkpoint is saved for the new one.
+        save_checkpoint(Path(args.output_dir) / "checkpoint-best", model, tokenizer, args,
+                        {**training_state(), "best_f1": best["f1"]})
     return best
 
 
@@ -693,6 +845,8 @@ class DevEvaluator:
         self.args = args
         self.device = runtime.device
         self.examples, self.features = load_features(args, tokenizer, runtime, False, max_questions)
+        if not self.examples:
+            raise UsageError(f"--predict_file {args.predict_path}: no questions to evaluate on")
         self.gold = {ex.qas_id: [a["text"] for a in ex.answers] for ex in self.examples}
 
     def __call__(self, model, length_config=None, prefix="", write_predictions=True) -> dict:
@@ -737,6 +891,7 @@ def record_eval(args, results: dict, step=None, writer=None) -> None:
 # --------------------------------------------------------------------------------------------
 
 def run(args) -> dict:
+    recover_interrupted_saves(args)
     validate_args(args)
     runtime = setup_runtime(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -755,9 +910,7 @@ def run(args) -> dict:
     if args.max_seq_length > model.config.max_position_embeddings:
         raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
                          f"max_position_embeddings ({model.config.max_position_embeddings})")
-    out = Path(args.output_dir)
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    # The output folder is created by the first write into it, so a failed run leaves none.
     runtime.barrier()
 
     evaluator = None
@@ -766,6 +919,8 @@ def run(args) -> dict:
     summary = {}
     if args.do_train:
         _, features = load_features(args, tokenizer, runtime, True, args.max_train_questions)
+        if len(features) == 0:
+            raise UsageError(f"--train_file {args.train_path}: no training questions to learn from")
         writer = make_writer(args) if runtime.is_main else None
 
         def eval_fn(m, step):
@@ -804,7 +959,38 @@ def run_search(args, model, tokenizer, runtime: Runtime) -> Path:
 
     full_macs = length_drop.analytic_macs(model.config, args.max_seq_length)
     return search.run_search_from_args(args, evaluate_fn, model.config.num_hidden_layers,
-                                       args.max_seq_length, full_macs, args.output_dir)
+                                       args.max_seq_length, full_macs, args.output_dir,
+                                       measured_on=search_measured_on(args, model, tokenizer))
+
+
+def search_measured_on(args, model, tokenizer) -> dict:
+    """What a search row's F1 depends on beyond the search's own settings: rows measured on
+    other weights, data or lengths are never reused."""
+    return {"weights_sha256": weights_sha256(model),
+            "predict_file_sha256": utils_squad.file_sha256(args.predict_path),
+            "tokenizer": utils_squad.tokenizer_fingerprint(tokenizer),
+            "doc_stride": args.doc_stride, "max_query_length": args.max_query_length,
+            "max_answer_length": args.max_answer_length, "n_best_size": args.n_best_size,
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "count_padding_queries": bool(getattr(model.config, "count_padding_queries", False))}
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of the model searched."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def recover_interrupted_saves(args) -> None:
+    folders = {Path(args.output_dir)}
+    if args.resume_from_checkpoint:
+        folders.add(Path(args.resume_from_checkpoint).parent)
+    for folder in sorted(folders):
+        recover_checkpoints(folder)
 
 
 def make_writer(args):
@@ -817,9 +1003,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, utils_squad.SquadFormatError, ValueError) as e:
+    except (UsageError, utils_squad.SquadFormatError, ValueError, search.SigOptError) as e:
         print(f"run_squad.py: error: {e}", file=sys.stderr)
         return 2
+    except utils_squad.DiskFullError as e:
+        print(f"run_squad.py: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. ENOSPC writing eval_results.json or the predictions
+        if not utils_squad.is_disk_full(e, args.output_dir):
+            raise
+        print(f"run_squad.py: error: no space left on {args.output_dir} ({e}); files already written are "
+              "complete", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -490,6 +490,14 @@ def _cache_path(cache_dir, key: dict) -> Path:
     return Path(cache_dir) / f"cached_squad_{key['split']}_{digest[:24]}.safetensors"
 
 
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tensors_sha256(tensors: dict) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
