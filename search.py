@@ -382,10 +382,16 @@ class ResultStore:
                 return existing
             row = dict(row, trial=self.next_trial())
             line = _rows_to_csv_text([row]).split("\n", 1)[1]
-            with open(self.path, "a", encoding="utf-8", newline="") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            size = self.path.stat().st_size
+            try:
+                with open(self.path, "a", encoding="utf-8", newline="") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):  # take back a row that may be half on disk
+                    os.truncate(self.path, size)
+                raise
             self._remember(row)
         return row
 

@@ -384,6 +384,28 @@ def test_corrupt_or_stale_cache_is_rebuilt(tmp_path, tokenizer, count_builds, ca
     assert len(count_builds) == 4
 
 
+def test_flipped_bytes_inside_the_cached_tensors_are_caught(tmp_path, tokenizer, count_builds, caplog):
+    """The safetensors header stays valid when bytes inside the tensors flip; the stored checksum
+    notices, and the cache is rebuilt with the usual warning instead of changing the answers."""
+    import struct
+
+    cache = tmp_path / "cache"
+    load = lambda: utils_squad.load_or_build_features(  # noqa: E731
+        DEV, tokenizer, is_training=False, cache_dir=cache, **SMALL)
+    _, fresh = load()
+    (cache_file,) = cache.iterdir()
+    data = bytearray(cache_file.read_bytes())
+    header_end = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    middle = header_end + (len(data) - header_end) // 2
+    for i in range(middle, middle + 16):
+        data[i] ^= 0x5A
+    cache_file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="utils_squad"):
+        _, rebuilt = load()
+    assert len(count_builds) == 2 and "corrupt or stale" in caplog.text
+    assert_same_features(fresh, rebuilt)
+
+
 def test_unwritable_cache_dir_only_warns(tmp_path, tokenizer, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("x")
