@@ -4,6 +4,8 @@
 # Edit the parameters below, or override any of them from the environment, e.g.
 #   MODEL_DIR=output/dynamic_tinybert/checkpoint-best BUDGET=50 ./run-sigopt-search.sh
 # Extra arguments are passed on to run_squad.py, e.g. ./run-sigopt-search.sh --search_seed 7
+# OUTPUT_DIR keeps earlier results: a search of another model, subset or data there stops with the
+# difference; use another OUTPUT_DIR, or pass --search_restart (moves the old files aside).
 #
 # With SIGOPT_API_TOKEN set (and optionally SIGOPT_API_URL) the search uses SigOpt, as in the
 # paper; without it, it says so and searches offline with Optuna.
