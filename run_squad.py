@@ -1006,7 +1006,7 @@ def main(argv=None) -> int:
     except (UsageError, utils_squad.SquadFormatError, ValueError, search.SigOptError) as e:
         print(f"run_squad.py: error: {e}", file=sys.stderr)
         return 2
-    except utils_squad.DiskFullError as e:
+    except (utils_squad.DiskFullError, search.StoreError) as e:
         print(f"run_squad.py: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. ENOSPC writing eval_results.json or the predictions
