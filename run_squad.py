@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--att_loss_ratio", type=float, default=0.0)
     a("--pred_distill", action="store_true")
     a("--att_mse", action="store_true", help="attention MSE; else 1 - cosine (the reference's other form)")
+    a("--attention_loss_input", default="scores", choices=["scores", "probabilities"],
+      help="what the attention loss compares: pre-softmax scores (TinyBERT, default) or post-softmax, "
+      "post-dropout probabilities (Intel's distill())")
     a("--temperature", type=float, default=1.0)
     # LengthDrop (LAT).
     a("--length_config", default=None, help="JSON list, one token count per layer, e.g. '[384, 320, 256]'")
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--layer_dropout_bound", type=int, default=0, help="most layers a sub-model skips (LAT: a count)")
     a("--conventional_inplace_kl", action="store_true",
       help="sub-models minimise KL(full || sub) instead of the reference's KL(sub || full)")
+    a("--sandwich_full_weight", type=float, default=None,
+      help="the full model's share of the sandwich loss, in (0, 1]; the sub-models share the rest "
+      "equally (default: the reference's 1 / (num_sandwich + 2) for every model)")
     search.add_search_args(p)
     return p
 
@@ -183,6 +189,11 @@ def validate_args(args) -> None:
     for flag in ("state_loss_ratio", "att_loss_ratio"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag} must be >= 0 (0 turns the loss off), got {getattr(args, flag)}")
+    if args.sandwich_full_weight is not None:
+        if not args.length_adaptive:
+            raise UsageError("--sandwich_full_weight weights the sandwich: it needs --length_adaptive")
+        if not 0 < args.sandwich_full_weight <= 1:
+            raise UsageError(f"--sandwich_full_weight must be in (0, 1], got {args.sandwich_full_weight}")
     out = Path(args.output_dir)
     if (args.do_train or args.do_search) and out.is_dir() and any(out.iterdir()) \
             and not args.overwrite_output_dir:
@@ -340,7 +351,10 @@ def load_model(path: str, config_name: str | None = None, **config_overrides) ->
     config = AutoConfig.from_pretrained(config_name or path)
     for key, value in config_overrides.items():  # transformers 5 drops unknown config kwargs
         setattr(config, key, value)
-    return BertForQuestionAnswering.from_pretrained(path, config=config)
+    # float32 master weights whatever the checkpoint's storage dtype: transformers 5 otherwise
+    # loads a bf16/fp16 checkpoint in that dtype, and AdamW would then update half-precision
+    # weights (speed comes from --bf16/--fp16 autocast instead).
+    return BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32)
 
 
 def load_model_checked(path: str, flag: str, *args, **kwargs) -> BertForQuestionAnswering:
@@ -442,13 +456,18 @@ class Objective:
 
     @property
     def needs_attention_scores(self) -> bool:
-        return self.args.att_loss_ratio > 0
+        return self.args.att_loss_ratio > 0 and self.args.attention_loss_input == "scores"
+
+    @property
+    def needs_attention_probs(self) -> bool:
+        return self.args.att_loss_ratio > 0 and self.args.attention_loss_input == "probabilities"
 
     def teacher_outputs(self, inputs):
         if self.teacher is None:
             return None
         with torch.no_grad():
             return self.teacher(**inputs, output_hidden_states=self.needs_hidden_states,
+                                output_attentions=self.needs_attention_probs,
                                 output_attention_scores=self.needs_attention_scores)
 
     def full_model_loss(self, model, outputs, teacher_out) -> tuple[torch.Tensor, dict]:
@@ -468,8 +487,11 @@ class Objective:
             loss = loss + args.state_loss_ratio * rep
             terms["rep_loss"] = rep.item()
         if args.att_loss_ratio > 0:
-            att = distillation.attention_loss(outputs.attention_scores, teacher_out.attention_scores,
-                                              use_mse=args.att_mse)
+            if args.attention_loss_input == "scores":
+                student_att, teacher_att = outputs.attention_scores, teacher_out.attention_scores
+            else:  # Intel's distill(): post-softmax, post-dropout probabilities
+                student_att, teacher_att = outputs.attentions, teacher_out.attentions
+            att = distillation.attention_loss(student_att, teacher_att, use_mse=args.att_mse)
             loss = loss + args.att_loss_ratio * att
             terms["att_loss"] = att.item()
         return loss, terms
@@ -495,12 +517,26 @@ def sub_models_for_step(args, num_layers: int, rng: random.Random, fixed_length_
     return [length_drop.SubModel("full", fixed_length_config, layer_config)]
 
 
+def sandwich_weight(args, index: int, num_models: int) -> float:
+    """Weight of model ``index`` (0 = the full model) in one step's loss: 1 without the sandwich;
+    the reference's 1 / num_models for each; or ``--sandwich_full_weight`` for the full model and
+    the rest shared equally by the sub-models."""
+    if not args.length_adaptive:
+        return 1.0
+    if args.sandwich_full_weight is None:
+        return 1.0 / num_models
+    if index == 0:
+        return args.sandwich_full_weight
+    return (1.0 - args.sandwich_full_weight) / (num_models - 1)
+
+
 def train_step(args, model, objective: Objective, batch, sub_models, scale: float, runtime: Runtime,
                scaler, sync: bool) -> dict:
     """Forward and backward of every sub-model on one batch; gradients accumulate in ``.grad``.
 
-    As in the reference, each of the (num_sandwich + 2) losses of the sandwich is divided by
-    num_sandwich + 2, and all by the gradient-accumulation steps (``scale``)."""
+    Each model's loss is weighted by ``sandwich_weight`` (the reference: each of the
+    num_sandwich + 2 losses divided by num_sandwich + 2), and all by the gradient-accumulation
+    steps (``scale``)."""
     input_ids, attention_mask, token_type_ids, start_positions, end_positions = batch
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                   start_positions=start_positions, end_positions=end_positions)
@@ -515,6 +551,7 @@ def train_step(args, model, objective: Objective, batch, sub_models, scale: floa
             with autocast_context(args, runtime.device):
                 outputs = model(**inputs, length_config=sub.length_config, layer_config=sub.layer_config,
                                 output_hidden_states=(i == 0 and objective.needs_hidden_states),
+                                output_attentions=(i == 0 and objective.needs_attention_probs),
                                 output_attention_scores=(i == 0 and objective.needs_attention_scores))
                 if i == 0:
                     loss, step_terms = objective.full_model_loss(model, outputs, teacher_out)
@@ -524,7 +561,7 @@ def train_step(args, model, objective: Objective, batch, sub_models, scale: floa
                 else:
                     loss = objective.sub_model_loss(outputs, full_start, full_end)
                     terms[f"{sub.kind}_kl_loss"] += loss.item() / (1 if sub.kind == "smallest" else args.num_sandwich)
-            loss = loss * (scale / (len(sub_models) if args.length_adaptive else 1))
+            loss = loss * scale * sandwich_weight(args, i, len(sub_models))
             terms["loss"] += loss.item()
             (scaler.scale(loss) if scaler is not None else loss).backward()
     return terms

@@ -367,3 +367,59 @@ def test_feature_cache_never_lands_in_a_read_only_data_folder(workspace, tmp_pat
         assert any((tmp_path / "out" / "cached_features").glob("cached_squad_eval_*"))
     finally:
         os.chmod(data, 0o755)
+
+
+def test_half_precision_checkpoint_loads_as_float32(workspace, tmp_path):
+    """A checkpoint stored in bf16 (as the GPU runs bring them back) loads with float32 weights
+    for training; transformers 5 would otherwise keep the storage dtype."""
+    from transformers import BertForQuestionAnswering as HFBert
+
+    src = HFBert.from_pretrained(str(workspace["teacher"]), dtype=torch.float32)
+    src.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    model = run_squad.load_model(str(tmp_path / "bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    want = src.state_dict()["qa_outputs.weight"].float()
+    torch.testing.assert_close(model.qa_outputs.weight.detach(), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("full_weight, expected", [(None, [0.25] * 4), (0.5, [0.5, 1 / 6, 1 / 6, 1 / 6]),
+                                                   (1.0, [1.0, 0.0, 0.0, 0.0])])
+def test_sandwich_weights(full_weight, expected):
+    argv = ["--model_name_or_path", "x", "--output_dir", "y", "--length_adaptive", "--num_sandwich", "2"]
+    if full_weight is not None:
+        argv += ["--sandwich_full_weight", str(full_weight)]
+    args = run_squad.build_parser().parse_args(argv)
+    got = [run_squad.sandwich_weight(args, i, 4) for i in range(4)]
+    assert got == pytest.approx(expected)
+    assert sum(got) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_sandwich_full_weight_out_of_range_is_an_error(workspace, tmp_path, value, capsys):
+    argv = tiny_args(workspace, tmp_path / "o", "--do_train", "--length_adaptive", "--sandwich_full_weight", value)
+    assert run(argv) == 2
+    assert "--sandwich_full_weight" in capsys.readouterr().err
+
+
+def test_attention_loss_on_probabilities_compares_softmax_outputs(workspace):
+    """--attention_loss_input probabilities (Intel's distill()) feeds the attention loss the
+    post-softmax probabilities: the loss equals a hand computation on softmax(scores)."""
+    from modeling_bert import BertForQuestionAnswering
+
+    argv = ["--model_name_or_path", "x", "--output_dir", "y", "--att_loss_ratio", "1", "--att_mse",
+            "--attention_loss_input", "probabilities", "--teacher_model_name_or_path", "t"]
+    args = run_squad.build_parser().parse_args(argv)
+    torch.manual_seed(0)
+    student = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=2)).eval()
+    teacher = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=4)).eval()
+    objective = run_squad.Objective(args, teacher)
+    assert objective.needs_attention_probs and not objective.needs_attention_scores
+    inputs = dict(input_ids=torch.randint(5, 50, (2, 12)), attention_mask=torch.ones(2, 12, dtype=torch.long))
+    t_out = objective.teacher_outputs(inputs)
+    s_out = student(**inputs, output_attentions=True)
+    loss, terms = objective.full_model_loss(student, s_out, t_out)
+    s_ref = student(**inputs, output_attention_scores=True).attention_scores
+    t_ref = teacher(**inputs, output_attention_scores=True).attention_scores
+    want = sum(torch.mean((torch.softmax(s_ref[j], -1) - torch.softmax(t_ref[2 * j + 1], -1)) ** 2) for j in range(2))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert terms["att_loss"] == pytest.approx(want.item(), rel=1e-5)

@@ -1,0 +1,115 @@
+"""Score one checkpoint at many length configurations in one process (the model and the dev
+features load once): constant keep-rates, explicit configurations, or the configurations of a
+search's CSV (e.g. its Pareto front, to re-score on more questions than the search used).
+
+    python bench/evaluate_configs.py --model CKPT --dev_file dev-v1.1.json --rates 1.0,0.9,0.8 \\
+        --front search/pareto_front.csv --output scores.json [--bf16] [--max_questions N]
+
+Writes a JSON list (one object per configuration: length_config, f1, exact_match, macs_ratio,
+questions, source) and prints a table. Same metric and post-processing as ``run_squad.py --do_eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import run_squad  # noqa: E402
+import search  # noqa: E402
+import utils_squad  # noqa: E402
+
+
+def front_configs(path: Path, pareto_only: bool) -> list[tuple[int, ...]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "length_config" not in rows[0]:
+        raise ValueError(f"{path}: expected a search CSV with a length_config column")
+    if pareto_only and "pareto" in rows[0]:
+        rows = [r for r in rows if r["pareto"] == "1"]
+    return [tuple(json.loads(r["length_config"])) for r in rows]
+
+
+def label_of(path: str) -> str:
+    """'runs/s4/checkpoint-best' -> 's4/checkpoint-best'."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.name.startswith("checkpoint") else path.name
+
+
+def configs_to_score(a, layers: int) -> list[tuple[tuple[int, ...] | None, str]]:
+    """(configuration or None for full length, where it came from) for a model of ``layers``."""
+    configs = []
+    if a.rates:
+        for rate in search.parse_rates(a.rates):
+            config = search.constant_rate_config(a.max_seq_length, layers, rate)
+            configs.append((None if rate == 1.0 else config, f"rate {rate:g}"))
+    for config in json.loads(a.configs) if a.configs else []:
+        configs.append((tuple(config), "given"))
+    if a.front:
+        for config in front_configs(Path(a.front), not a.all_rows):
+            configs.append((config, f"front {Path(a.front).name}"))
+    configs = [(c, src) for c, src in configs if c is None or len(c) == layers]
+    if not configs:
+        raise ValueError(f"no configuration for a {layers}-layer model: give --rates, --configs or --front")
+    return configs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint folder; repeat to score several models on the same features")
+    p.add_argument("--dev_file", required=True)
+    p.add_argument("--output", required=True, help="JSON file for the scores")
+    p.add_argument("--rates", default=None, help="constant keep-rates, e.g. 1.0,0.9,0.8 (search's sweep rule)")
+    p.add_argument("--configs", default=None, help="JSON list of length configurations")
+    p.add_argument("--front", default=None, help="a search CSV; its Pareto rows (or all, with --all_rows)")
+    p.add_argument("--all_rows", action="store_true")
+    p.add_argument("--max_seq_length", type=int, default=384)
+    p.add_argument("--doc_stride", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--max_questions", type=int, default=None)
+    p.add_argument("--cache_dir", default=None)
+    p.add_argument("--bf16", action="store_true")
+    a = p.parse_args(argv)
+
+    run_args = run_squad.build_parser().parse_args([
+        "--model_name_or_path", a.model[0], "--output_dir", str(Path(a.output).parent), "--do_eval",
+        "--do_lower_case", "--predict_file", a.dev_file, "--max_seq_length", str(a.max_seq_length),
+        "--doc_stride", str(a.doc_stride), "--per_gpu_eval_batch_size", str(a.batch_size),
+        "--overwrite_output_dir", *(["--cache_dir", a.cache_dir] if a.cache_dir else []),
+        *(["--bf16"] if a.bf16 else [])])
+    try:
+        run_squad.validate_args(run_args)
+        runtime = run_squad.setup_runtime(run_args)
+        tokenizer = run_squad.load_tokenizer(run_args)
+        for path in a.model:
+            if not Path(path).is_dir():
+                raise run_squad.UsageError(f"--model {path}: no such folder")
+        evaluator = run_squad.DevEvaluator(run_args, tokenizer, runtime, a.max_questions)
+    except (run_squad.UsageError, ValueError) as e:
+        print(f"evaluate_configs.py: error: {e}", file=sys.stderr)
+        return 2
+    results = []
+    for path in a.model:
+        model = run_squad.load_model(path).to(runtime.device).eval()
+        try:
+            configs = configs_to_score(a, model.config.num_hidden_layers)
+        except ValueError as e:
+            print(f"evaluate_configs.py: error: {e}", file=sys.stderr)
+            return 2
+        for config, source in configs:
+            r = evaluator(model, config, write_predictions=False)
+            r.update(source=source, label=label_of(path), model=path,
+                     length_config=list(config) if config else [a.max_seq_length] * model.config.num_hidden_layers)
+            results.append(r)
+            print(f"{label_of(path):28s} {source:24s} {str(r['length_config']):36s} MACs x{r['macs_ratio']:.2f} "
+                  f"F1 {r['f1']:.2f} EM {r['exact_match']:.2f} ({r['questions']} q.)", flush=True)
+    utils_squad.atomic_write_json(Path(a.output), results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
