@@ -21,7 +21,9 @@ def _hf_model(config_or_path, attn="eager"):
         config = transformers.BertConfig.from_dict(config_or_path.to_dict())
         config._attn_implementation = attn
         return transformers.BertForQuestionAnswering(config).eval()
-    return transformers.BertForQuestionAnswering.from_pretrained(str(config_or_path), attn_implementation=attn).eval()
+    # float32 whatever the folder stores (transformers 5 would keep a half-precision checkpoint's dtype)
+    return transformers.BertForQuestionAnswering.from_pretrained(
+        str(config_or_path), attn_implementation=attn, dtype=torch.float32).eval()
 
 
 def _batch(vocab_size, lengths, seq_len, seed=0):
@@ -64,7 +66,8 @@ def _assert_matches_transformers(ours, theirs, inputs):
 def test_minilm_full_length_matches_transformers():
     folder = require_minilm()
     torch.manual_seed(0)
-    ours, info = BertForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True)
+    ours, info = BertForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True,
+                                                          dtype=torch.float32)
     assert set(info["missing_keys"]) == {"qa_outputs.weight", "qa_outputs.bias"}
     theirs = _hf_model(folder)
     theirs.qa_outputs.load_state_dict(ours.qa_outputs.state_dict())
