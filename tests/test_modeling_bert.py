@@ -422,3 +422,29 @@ def test_fit_dense_follows_config():
     config.fit_size = 50
     model = BertForQuestionAnswering(config)
     assert model.fit_dense.in_features == config.hidden_size and model.fit_dense.out_features == 50
+
+
+@pytest.mark.parametrize("count_padding_queries", [False, True])
+def test_flash_significance_equals_explicit_softmax_sums(count_padding_queries):
+    """The two-pass flash computation of significance equals the column sums of explicit softmax
+    probabilities (over heads and real queries; padded keys 0), and its context equals P @ V."""
+    import math
+
+    import modeling_bert
+
+    if modeling_bert._FLASH_CPU is None:
+        pytest.skip("this torch has no CPU flash attention op")
+    torch.manual_seed(0)
+    batch, heads, n, d = 3, 4, 37, 8
+    q, k, v = (torch.randn(batch, heads, n, d) for _ in range(3))
+    real = torch.ones(batch, n, dtype=torch.bool)
+    real[1, 20:] = False
+    real[2, 9:] = False
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.where(real, 0.0, -10000.0)[:, None, None, :]
+    probs = torch.softmax(scores, dim=-1)
+    counted = torch.ones_like(real) if count_padding_queries else real
+    want_sig = (probs * counted[:, None, :, None]).sum(dim=(1, 2)) * real
+    with torch.no_grad():
+        context, sig = modeling_bert.flash_attention_with_significance(q, k, v, real, count_padding_queries)
+    torch.testing.assert_close(sig, want_sig, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(context, (probs @ v).transpose(1, 2), atol=1e-5, rtol=1e-5)
