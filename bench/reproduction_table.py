@@ -115,32 +115,37 @@ def main(argv=None) -> int:
 
 
 def write_plot(path, runs, sweeps, search, speed) -> None:
-    """F1 against measured speedup over the teacher padded to max_seq_length (sorted batches)."""
+    """F1 against measured speedup over the teacher padded to max_seq_length: left, every model
+    padded to max_seq_length (the paper's setting); right, batches sorted and padded to their
+    longest (what a user would run)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def measured(arch, config):
+    def measured(arch, config, batching):
         full = config is None or all(c >= 384 for c in config)
-        key = (arch, None if full else tuple(config), "sorted")
+        key = (arch, None if full else tuple(config), batching)
         return speed.get(key, {}).get("speedup_vs_teacher_padded")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, arch, prefix in (("teacher, length configurations", "teacher", "teacher"),
-                                ("student after step 3, length configurations", "student", "step3")):
-        pts = [(measured(arch, s["length_config"]), s["f1"]) for s in sweeps if s["label"].startswith(prefix)]
-        pts = sorted((x, y) for x, y in pts if x is not None)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=label)
-    front = [r for r in search if r["pareto"] == "1"]
-    pts = sorted((measured("student", json.loads(r["length_config"])), float(r["f1"])) for r in front)
-    pts = [(x, y) for x, y in pts if x is not None]
-    if pts:
-        ax.plot(*zip(*pts), marker="s", linestyle="--", label="student after step 4, searched front (1,000 q.)")
-    ax.set_xlabel("measured speedup over the teacher padded to 384 (CPU, sorted batches)")
-    ax.set_ylabel("SQuAD dev F1")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    series = [("teacher, length configurations", "teacher",
+               [(s["length_config"], s["f1"]) for s in sweeps if s["label"].startswith("teacher")], "o"),
+              ("student after step 3, length configurations", "student",
+               [(s["length_config"], s["f1"]) for s in sweeps if s["label"].startswith("step3")], "o"),
+              ("student after step 4, searched front (1,000 q.)", "student",
+               [(json.loads(r["length_config"]), float(r["f1"])) for r in search if r["pareto"] == "1"], "s")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, batching, title in ((axes[0], "padded", "every feature padded to 384"),
+                                (axes[1], "sorted", "sorted batches, padded to their longest")):
+        for label, arch, points, marker in series:
+            pts = [(measured(arch, c, batching), f1) for c, f1 in points]
+            pts = [(x, y) for x, y in pts if x is not None]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("measured speedup over the teacher padded to 384 (CPU, batch 16)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("SQuAD dev F1")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
