@@ -38,7 +38,8 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from utils_squad import DiskFullError, atomic_write_text, is_disk_full, new_file_mode
+from errors import DiskFullError, SearchBackendError, StoreError, UsageError
+from utils_squad import atomic_write_text, is_disk_full, new_file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -128,45 +129,45 @@ def parse_rates(text: str) -> list[float]:
     try:
         rates = [float(part) for part in str(text).split(",") if part.strip()]
     except ValueError as err:
-        raise ValueError(f"--search_rates: expected a comma list of numbers, got {text!r}") from err
+        raise UsageError(f"--search_rates: expected a comma list of numbers, got {text!r}") from err
     if not rates or any(not 0.0 < rate <= 1.0 for rate in rates):
-        raise ValueError(f"--search_rates: every keep rate must lie in (0, 1], got {text!r}")
+        raise UsageError(f"--search_rates: every keep rate must lie in (0, 1], got {text!r}")
     return rates
 
 
 def validate_args(args: argparse.Namespace, num_hidden_layers: int, max_seq_length: int) -> None:
-    """Raise ValueError naming the flag for any setting the search cannot run with."""
+    """Raise UsageError naming the flag for any setting the search cannot run with."""
     backend = resolve_backend(args)
     if backend not in BACKENDS:
-        raise ValueError(f"--search_backend: unknown backend {backend!r}; expected one of {BACKENDS}")
+        raise UsageError(f"--search_backend: unknown backend {backend!r}; expected one of {BACKENDS}")
     if args.search_objective not in OBJECTIVES:
-        raise ValueError(f"--search_objective: expected one of {OBJECTIVES}, got {args.search_objective!r}")
+        raise UsageError(f"--search_objective: expected one of {OBJECTIVES}, got {args.search_objective!r}")
     if num_hidden_layers < 1:
-        raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
+        raise UsageError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
     if max_seq_length < 1:
-        raise ValueError(f"--max_seq_length must be >= 1, got {max_seq_length}")
+        raise UsageError(f"--max_seq_length must be >= 1, got {max_seq_length}")
     if args.search_min_length < 1:
-        raise ValueError(f"--search_min_length must be >= 1, got {args.search_min_length}")
+        raise UsageError(f"--search_min_length must be >= 1, got {args.search_min_length}")
     if args.search_min_length > max_seq_length:
-        raise ValueError(f"--search_min_length ({args.search_min_length}) is larger than "
+        raise UsageError(f"--search_min_length ({args.search_min_length}) is larger than "
                          f"--max_seq_length ({max_seq_length})")
     if args.search_budget < 1:
-        raise ValueError(f"--search_budget must be >= 1, got {args.search_budget}")
+        raise UsageError(f"--search_budget must be >= 1, got {args.search_budget}")
     if args.search_subset is not None and args.search_subset < 1:
-        raise ValueError(f"--search_subset must be >= 1, got {args.search_subset}")
+        raise UsageError(f"--search_subset must be >= 1, got {args.search_subset}")
     parse_rates(args.search_rates)
     if backend == "sigopt" and not os.environ.get("SIGOPT_API_TOKEN"):
-        raise ValueError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
+        raise UsageError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
                          "(or use --search_backend optuna to search offline)")
     if args.sigopt_parallel_bandwidth < 1:
-        raise ValueError(f"--sigopt_parallel_bandwidth must be >= 1, got {args.sigopt_parallel_bandwidth}")
+        raise UsageError(f"--sigopt_parallel_bandwidth must be >= 1, got {args.sigopt_parallel_bandwidth}")
     for flag in ("evo_iter", "mutation_size", "crossover_size"):
         if getattr(args, flag) < 0:
-            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     if args.population_size < 0:
-        raise ValueError(f"--population_size must be >= 0, got {args.population_size}")
+        raise UsageError(f"--population_size must be >= 0, got {args.population_size}")
     if not 0.0 <= args.mutation_prob <= 1.0:
-        raise ValueError(f"--mutation_prob must lie in [0, 1], got {args.mutation_prob}")
+        raise UsageError(f"--mutation_prob must lie in [0, 1], got {args.mutation_prob}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class SearchSpace:
             repaired.append(length)
             previous = length
         if len(repaired) != self.num_layers:
-            raise ValueError(f"length configuration has {len(repaired)} layers, expected {self.num_layers}")
+            raise UsageError(f"length configuration has {len(repaired)} layers, expected {self.num_layers}")
         return tuple(repaired)
 
     @property
@@ -257,7 +258,7 @@ def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None"
     try:
         config = json.loads(raw["length_config"])
         if not isinstance(config, list) or not all(isinstance(x, int) for x in config):
-            raise ValueError("length_config is not a JSON list of integers")
+            raise UsageError("length_config is not a JSON list of integers")
         if space is not None:
             _check_row_config(config, space)
         return {
@@ -273,16 +274,16 @@ def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None"
             "pareto": None if raw.get("pareto") in ("", None) else bool(int(raw["pareto"])),
         }
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: line {line}: malformed row ({err})") from err
+        raise UsageError(f"{path}: line {line}: malformed row ({err})") from err
 
 
 def _check_row_config(config: list, space: "SearchSpace") -> None:
     """A stored configuration must fit the model: one length per layer, each in [1, max]
     (the constant-rate sweep may go below --search_min_length, never below 1)."""
     if len(config) != space.num_layers:
-        raise ValueError(f"length_config has {len(config)} layers, the model has {space.num_layers}")
+        raise UsageError(f"length_config has {len(config)} layers, the model has {space.num_layers}")
     if not all(1 <= x <= space.max_length for x in config):
-        raise ValueError(f"length_config {config} has lengths outside [1, {space.max_length}]")
+        raise UsageError(f"length_config {config} has lengths outside [1, {space.max_length}]")
 
 
 def _rows_to_csv_text(rows: Iterable[dict]) -> str:
@@ -342,7 +343,7 @@ class ResultStore:
         if reader.fieldnames is None:  # empty file
             return [], True
         if tuple(reader.fieldnames) != CSV_COLUMNS:
-            raise ValueError(f"{self.path}: unexpected header {reader.fieldnames}; expected {list(CSV_COLUMNS)}")
+            raise UsageError(f"{self.path}: unexpected header {reader.fieldnames}; expected {list(CSV_COLUMNS)}")
         rows = [_parse_csv_row(raw, self.path, index + 2, self.space) for index, raw in enumerate(reader)]
         return rows, torn
 
@@ -471,11 +472,11 @@ def prepare_results_folder(output_dir: Path, measured: dict, restart: bool) -> N
         recorded = _read_json(meta_path)
         if _csv_has_rows(csv_path):
             if not isinstance(recorded, dict):
-                raise ValueError(f"{csv_path} holds rows but {meta_path.name} does not say what they were "
+                raise UsageError(f"{csv_path} holds rows but {meta_path.name} does not say what they were "
                                  f"measured on, so they cannot be reused; {way_out}")
             differences = fingerprint_differences(recorded, measured)
             if differences:
-                raise ValueError(f"{csv_path} holds rows measured on something else ("
+                raise UsageError(f"{csv_path} holds rows measured on something else ("
                                  f"{'; '.join(differences)}); {way_out}")
         elif recorded != measured:
             atomic_write_text(meta_path, json.dumps(measured, indent=2) + "\n")
@@ -487,10 +488,6 @@ def prepare_results_folder(output_dir: Path, measured: dict, restart: bool) -> N
 
 class BudgetExhausted(Exception):
     """Raised when a backend asks for a new evaluation after its budget is spent."""
-
-
-class StoreError(RuntimeError):
-    """The results file could not be written; the search stops (written rows are kept)."""
 
 
 # Errors that end the search; the backends report other evaluation errors as failed trials.
@@ -561,7 +558,7 @@ class Evaluator:
             raise KeyError(f"evaluate_fn result lacks key(s) {missing}; expected {list(RESULT_KEYS)}")
         macs = int(result["macs"])
         if macs <= 0:
-            raise ValueError(f"evaluate_fn returned macs={macs} for {list(config)}; expected > 0")
+            raise UsageError(f"evaluate_fn returned macs={macs} for {list(config)}; expected > 0")
         return {
             "trial": self.store.next_trial(),
             "backend": backend,
@@ -684,7 +681,7 @@ def check_study_measured_on(study, measured: dict | None, storage: str) -> None:
         return
     differences = fingerprint_differences(recorded, measured)
     if differences:
-        raise ValueError(f"Optuna study {study.study_name!r} in {_redact_url(storage)} holds trials "
+        raise UsageError(f"Optuna study {study.study_name!r} in {_redact_url(storage)} holds trials "
                          f"measured on something else ({'; '.join(differences)}); give another "
                          "--search_study_name or --search_storage")
 
@@ -707,7 +704,7 @@ def study_name_of(args: argparse.Namespace) -> str:
 # SigOpt backend
 # ----------------------------------------------------------------------------------------------
 
-class SigOptError(RuntimeError):
+class SigOptError(SearchBackendError):
     """SigOpt could not be reached or refused the request; measured rows are kept."""
 
 
@@ -749,7 +746,7 @@ class SigOptSession:
             raise SigOptError("--search_backend sigopt needs the 'sigopt' package (pip install sigopt)") from err
         token = os.environ.get("SIGOPT_API_TOKEN")
         if not token:
-            raise ValueError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
+            raise UsageError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
                              "(or use --search_backend optuna to search offline)")
         self.conn = Connection(client_token=token)
         self.url = self.conn.impl.driver.api_url
@@ -783,11 +780,11 @@ def _check_joined_experiment(experiment, space: SearchSpace, metric: str, source
     names = sorted(p.name for p in experiment.parameters or [])
     expected = sorted(f"x{i}" for i in range(space.num_layers))
     if names != expected:
-        raise ValueError(f"SigOpt experiment {experiment.id} ({source}): parameters {names} do not "
+        raise UsageError(f"SigOpt experiment {experiment.id} ({source}): parameters {names} do not "
                          f"match this model's {space.num_layers} layers ({expected})")
     metrics = {m.name for m in experiment.metrics or []}
     if metrics != {"f1", metric}:
-        raise ValueError(f"SigOpt experiment {experiment.id} ({source}): metrics {sorted(metrics)} do "
+        raise UsageError(f"SigOpt experiment {experiment.id} ({source}): metrics {sorted(metrics)} do "
                          f"not match --search_objective {metric!r} ({['f1', metric]})")
 
 

@@ -32,8 +32,7 @@ CACHE_FORMAT_VERSION = 2  # 2: the tensors' sha256 is stored and checked
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
-class SquadFormatError(ValueError):
-    """A SQuAD file that is missing, not JSON, or not SQuAD v1.1; the message names the place."""
+from errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +338,7 @@ def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
     consecutive windows overlap by that minus ``doc_stride`` (never below 0)."""
     window = max_seq_length - query_length - num_special_tokens
     if window <= 0:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
+        raise UsageError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
                          f"{query_length}-token question; lower max_query_length")
     return max(window - doc_stride, 0)
 
@@ -396,9 +395,9 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
     evaluation features carry the context tokens' character offsets.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("a fast (Rust-backed) tokenizer is required for offset mappings")
+        raise UsageError("a fast (Rust-backed) tokenizer is required for offset mappings")
     if doc_stride <= 0:
-        raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+        raise UsageError(f"doc_stride must be positive, got {doc_stride}")
     if not examples:
         return _empty_features(max_seq_length, is_training)
     questions, query_lengths = _truncate_questions(
@@ -585,7 +584,7 @@ def load_or_build_features(data_file, tokenizer, *, max_seq_length: int = 384, d
     examples = _parse_examples(data, data_file, is_training)
     if max_examples is not None:
         if max_examples < 0:
-            raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+            raise UsageError(f"max_examples must be >= 0, got {max_examples}")
         examples = examples[:max_examples]
     build = lambda: convert_examples_to_features(  # noqa: E731
         examples, tokenizer, max_seq_length, doc_stride, max_query_length, is_training)
@@ -766,10 +765,6 @@ def write_predictions(predictions: dict, nbest: dict, output_dir, prefix: str = 
 # --------------------------------------------------------------------------------------------
 # A full disk, said plainly
 # --------------------------------------------------------------------------------------------
-
-class DiskFullError(RuntimeError):
-    """A write failed because the disk (or quota) is full; what was complete is kept."""
-
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # torch ("unexpected pos"), SQLite and safetensors report a full disk in words of their own.
