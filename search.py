@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,9 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
+import length_drop
 from errors import DiskFullError, SearchBackendError, StoreError, UsageError
-from utils_squad import atomic_write_text, is_disk_full, new_file_mode
+from utils_squad import atomic_path, atomic_write_text, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -207,20 +207,11 @@ class SearchSpace:
         return (self.min_length,) * self.num_layers
 
 
-def constant_drop_config(max_length: int, num_layers: int, drop_ratio: float,
-                         floor: int = SWEEP_FLOOR) -> LengthConfig:
-    """LAT's ``sample_length_configuration(length_drop_ratio=r)``: every layer keeps
-    ceil((1 - r) * previous layer's length) tokens, never fewer than ``floor``."""
-    lengths, length = [], max_length
-    for _ in range(num_layers):
-        length = max(int(math.ceil(length * (1.0 - drop_ratio))), floor)
-        lengths.append(length)
-    return tuple(lengths)
-
-
-def constant_rate_config(max_length: int, num_layers: int, keep_rate: float) -> LengthConfig:
-    """The constant-rate sweep's configuration: layer i keeps about max * rate**(i+1) tokens."""
-    return constant_drop_config(max_length, num_layers, 1.0 - keep_rate)
+def sweep_config(space: "SearchSpace", keep_rate: float) -> LengthConfig:
+    """The constant-rate sweep's configuration (Intel's ``--measure_rate``): every layer keeps
+    ``keep_rate`` of the previous layer's tokens, never fewer than 2 (may go below the search's
+    min length)."""
+    return length_drop.constant_drop_config(space.max_length, space.num_layers, 1.0 - keep_rate, SWEEP_FLOOR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,6 +509,7 @@ class Evaluator:
         self.evaluated = 0
         self.cache_hits = 0
         self.failures = 0
+        self.progress: tqdm | None = None  # a bar that counts new evaluations (the evolution's)
 
     def __call__(self, config: Sequence[int], backend: str, budget: int | None = None) -> dict:
         """The row for ``config``: cached if measured before, else measured and appended.
@@ -540,6 +532,8 @@ class Evaluator:
         except Exception:
             self.failures += 1
             raise
+        if self.progress is not None:
+            self.progress.update(1)
         row = self._make_row(config, backend, result)
         try:
             row = self.store.append(row)
@@ -587,7 +581,7 @@ def run_baselines(evaluator: Evaluator, space: SearchSpace, rates: Sequence[floa
     """
     evaluator(space.full, "full")
     for rate in tqdm(rates, desc="constant-rate sweep", unit="config"):
-        evaluator(constant_rate_config(space.max_length, space.num_layers, rate), "constant")
+        evaluator(sweep_config(space, rate), "constant")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -880,8 +874,7 @@ def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
                 session.call("report an observation", bound.observations().create,
                              suggestion=suggestion.id, values=_sigopt_values(row, evaluator, metric))
             experiment = session.call("fetch the experiment", bound.fetch)
-            bar.n = _observation_count(experiment)
-            bar.refresh()
+            bar.update(_observation_count(experiment) - bar.n)  # SigOpt's count: other workers' too
     return {"experiment_id": experiment_id, "api_url": session.url, "observation_budget": budget,
             "observations": _observation_count(experiment), "failed_observations": failed}
 
@@ -901,7 +894,7 @@ def drop_ratio_for_fraction(target: float, space: SearchSpace) -> float:
     low, high = 0.0, 1.0
     while high - low > 1e-12:
         mid = (low + high) / 2
-        config = constant_drop_config(space.max_length, space.num_layers, mid, floor=space.min_length)
+        config = length_drop.constant_drop_config(space.max_length, space.num_layers, mid, space.min_length)
         if target <= length_fraction(config, space.max_length):
             low = mid
         else:
@@ -987,7 +980,8 @@ class EvolutionSearch:
         for k in range(1, count + 1):
             target = lowest + (1.0 - lowest) * k / (count + 1)
             ratio = drop_ratio_for_fraction(target, space)
-            genes.append(constant_drop_config(space.max_length, space.num_layers, ratio, floor=space.min_length))
+            genes.append(length_drop.constant_drop_config(space.max_length, space.num_layers, ratio,
+                                                          space.min_length))
         return genes
 
     def run(self) -> dict:
@@ -1013,18 +1007,11 @@ def run_evolution(args: argparse.Namespace, evaluator: Evaluator, space: SearchS
     """LAT's evolution with a progress bar over the evaluation budget (``output_dir`` unused:
     same signature as the other backends)."""
     with tqdm(total=args.search_budget, desc="evolution search", unit="config") as bar:
-        original = evaluator.evaluate_fn
-
-        def counted(config):
-            result = original(config)
-            bar.update(1)
-            return result
-
-        evaluator.evaluate_fn = counted
+        evaluator.progress = bar
         try:
             return EvolutionSearch(args, evaluator, space).run()
         finally:
-            evaluator.evaluate_fn = original
+            evaluator.progress = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1043,7 +1030,7 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
     store.rewrite(mark_front)
     front = sorted((row for row in store.rows if row["pareto"]), key=lambda r: (r["macs"], -r["f1"]))
     atomic_write_text(output_dir / FRONT_CSV, _rows_to_csv_text(front))
-    sweep = [store.get(constant_rate_config(space.max_length, space.num_layers, r)) for r in rates]
+    sweep = [store.get(sweep_config(space, r)) for r in rates]
     write_plot(store.rows, [r for r in sweep if r is not None], store.get(space.full), objective,
                output_dir / PLOT_PNG)
     summary = dict(summary)
@@ -1093,16 +1080,11 @@ def write_plot(rows: Sequence[dict], sweep: Sequence[dict], full: dict | None, o
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def format_front_table(front: Sequence[dict]) -> str:

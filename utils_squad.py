@@ -9,6 +9,7 @@ n-best search (top-k starts x top-k ends, max-context rule, length limit, de-dup
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -520,17 +521,9 @@ def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
         tensors["offset_starts"] = torch.as_tensor(starts, dtype=torch.int32)
         tensors["offset_ends"] = torch.as_tensor(ends, dtype=torch.int32)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True),
-                                          "tensors_sha256": tensors_sha256(tensors)})
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"key": json.dumps(key, sort_keys=True),
+                                               "tensors_sha256": tensors_sha256(tensors)})
 
 
 def _load_cache(path: Path, key: dict, num_examples: int, is_training: bool) -> SquadFeatures:
@@ -729,22 +722,31 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (fsync'd), then
-    os.replace: readers see the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ".tmp"):
+    """The one write-then-rename of the project: yields a temporary file beside ``path`` (hidden,
+    ending in ``suffix``, e.g. ".png" for writers that go by the extension) to write; on success
+    it gets ``new_file_mode()`` and is renamed over ``path``, so readers see the old file or the
+    new one, never half of one; on any failure it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (fsync'd before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_json(path, obj) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import length_drop  # noqa: E402
 import search  # noqa: E402
 import utils_squad  # noqa: E402
 from errors import UsageError  # noqa: E402
@@ -49,7 +50,7 @@ def configs_to_score(a, layers: int) -> list[tuple[tuple[int, ...] | None, str]]
     configs = []
     if a.rates:
         for rate in search.parse_rates(a.rates):
-            config = search.constant_rate_config(a.max_seq_length, layers, rate)
+            config = length_drop.constant_drop_config(a.max_seq_length, layers, 1.0 - rate)  # the sweep's rule
             configs.append((None if rate == 1.0 else config, f"rate {rate:g}"))
     for config in json.loads(a.configs) if a.configs else []:
         configs.append((tuple(config), "given"))

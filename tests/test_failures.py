@@ -19,7 +19,7 @@ import run_squad
 import search
 import utils_squad
 from helpers import REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
-from test_search import SyntheticTask, config_of, make_args, read_csv
+from test_search import SyntheticTask, config_of, constant_rate_config, make_args, read_csv
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +356,7 @@ def test_a_torn_last_row_that_still_parses_is_measured_again(tmp_path):
     path.write_text(text.rstrip("\n")[:-3])  # "...,50,0" cut to "...,5": still a valid row
     task.calls.clear()
     search.run_search_from_args(args, task, 3, 40, task.full_macs, tmp_path)
-    assert task.calls == [search.constant_rate_config(40, 3, 0.6)]
+    assert task.calls == [constant_rate_config(40, 3, 0.6)]
     assert all(int(r["questions"]) == 50 for r in read_csv(path))
 
 

@@ -16,7 +16,7 @@ from settings import ObjectiveSettings, SandwichSettings, group_from
 from training import train_step
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
-# The paper README's commands (issue 4), verbatim but for line breaks.
+# The paper README's commands, verbatim but for line breaks.
 STEP1 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path bert-base-uncased
 --do_train --do_eval --evaluate_during_training --save_only_best --do_lower_case
 --train_file train-v1.1.json --predict_file dev-v1.1.json --per_gpu_train_batch_size 8
