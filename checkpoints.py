@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import utils_squad
+import files
 from errors import DiskFullError
 from settings import TRAINING_STATE  # noqa: F401  (the file name, re-exported)
 
@@ -41,11 +41,11 @@ def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,
             shutil.rmtree(tmp)
         unwrap(model).save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        utils_squad.atomic_write_json(tmp / "training_args.json", training_args)
+        files.atomic_write_json(tmp / "training_args.json", training_args)
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
     except BaseException as err:
-        disk_full = utils_squad.is_disk_full(err, folder.parent)  # before the partial copy is freed
+        disk_full = files.is_disk_full(err, folder.parent)  # before the partial copy is freed
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full:
             kept = f"the previous {folder.name} is kept" if folder.exists() else f"no {folder.name} was written"

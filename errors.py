@@ -26,5 +26,11 @@ class StoreError(RuntimeError):
     """The search's results file could not be written (other than a full disk). Exit code 1."""
 
 
-# Exit codes of main() per error type.
-EXIT_CODES = ((UsageError, 2), (SearchBackendError, 2), (DiskFullError, 1), (StoreError, 1))
+# Exit code of run_squad.main per error type: 2 for what the user can fix in the command or
+# input, 1 for what happened to the disk.
+EXIT_CODES = {UsageError: 2, SearchBackendError: 2, DiskFullError: 1, StoreError: 1}
+PROJECT_ERRORS = tuple(EXIT_CODES)
+
+
+def exit_code(err: BaseException) -> int:
+    return next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind))

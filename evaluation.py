@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import files
 import length_drop
-import utils_squad
+import postprocess
 from errors import UsageError
 from evaluate_squad import evaluate_answers
 from loading import load_features
@@ -63,13 +64,13 @@ class DevEvaluator:
         start = time.perf_counter()
         starts, ends = predict_logits(settings, model, self.features, self.device, length_config)
         eval_seconds = time.perf_counter() - start
-        predictions, nbest = utils_squad.postprocess_predictions(
+        predictions, nbest = postprocess.postprocess_predictions(
             self.examples, self.features, starts, ends, settings.n_best_size, settings.max_answer_length)
         scores = evaluate_answers(self.gold, predictions)
         full_macs = length_drop.analytic_macs(model.config, settings.max_seq_length)
         macs = length_drop.analytic_macs(model.config, settings.max_seq_length, length_config)
         if write_predictions:
-            utils_squad.write_predictions(predictions, nbest, settings.output_dir)
+            postprocess.write_predictions(predictions, nbest, settings.output_dir)
         return {"exact_match": scores["exact_match"], "f1": scores["f1"],
                 "length_config": list(length_config) if length_config is not None else None,
                 "macs": macs, "full_macs": full_macs, "macs_ratio": full_macs / macs,
@@ -85,7 +86,7 @@ def record_eval(output_dir, results: dict, step=None, writer=None) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             history = json.loads(path.read_text())["history"]
     entry = dict(results, step=step)
-    utils_squad.atomic_write_json(path, {**entry, "history": history + [entry]})
+    files.atomic_write_json(path, {**entry, "history": history + [entry]})
     if writer is not None and step is not None:
         for k in ("exact_match", "f1", "macs", "macs_ratio", "eval_seconds"):
             writer.add_scalar(f"eval/{k}", results[k], step)

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import files
 import length_drop
 import search
 import utils_squad
 from checkpoints import TRAINING_STATE, recover_checkpoints, unwrap  # noqa: F401  (tests use them here)
-from errors import DiskFullError, SearchBackendError, StoreError, UsageError
+from errors import PROJECT_ERRORS, UsageError, exit_code
 from evaluation import DevEvaluator, record_eval
 from flags import build_parser as _build_parser
 from loading import load_features, load_student_and_teacher, load_tokenizer
@@ -160,14 +161,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, SearchBackendError) as e:
+    except PROJECT_ERRORS as e:
         print(f"run_squad.py: error: {e}", file=sys.stderr)
-        return 2
-    except (DiskFullError, StoreError) as e:
-        print(f"run_squad.py: error: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     except OSError as e:  # e.g. ENOSPC writing eval_results.json or the predictions
-        if not utils_squad.is_disk_full(e, args.output_dir):
+        if not files.is_disk_full(e, args.output_dir):
             raise
         print(f"run_squad.py: error: no space left on {args.output_dir} ({e}); files already written are "
               "complete", file=sys.stderr)

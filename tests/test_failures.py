@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import files
 import length_drop
 import run_squad
 import search
@@ -291,7 +292,7 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_previous_one(ws, 
 
     monkeypatch.setattr(torch, "save", full_disk)
     if failure == "torch_unexpected_pos":
-        monkeypatch.setattr(utils_squad, "free_bytes", lambda path: 0)
+        monkeypatch.setattr(files, "free_bytes", lambda path: 0)
     capsys.readouterr()
     assert main(argv(ws, out, *common, "--max_steps", "2")) == 1
     line = error_line(capsys)
@@ -336,12 +337,12 @@ def test_sqlite_full_disk_behind_optunas_assertion_is_recognised(tmp_path, monke
         except sqlite3.OperationalError:
             raise AssertionError("Should not reach.")
     except AssertionError as err:
-        assert utils_squad.is_disk_full(err, tmp_path)
+        assert files.is_disk_full(err, tmp_path)
     plain = AssertionError("Should not reach.")
-    assert not utils_squad.is_disk_full(plain, tmp_path)  # this disk has room
-    monkeypatch.setattr(utils_squad, "free_bytes", lambda path: 0)
-    assert utils_squad.is_disk_full(plain, tmp_path)
-    assert not utils_squad.is_disk_full(KeyboardInterrupt(), tmp_path)
+    assert not files.is_disk_full(plain, tmp_path)  # this disk has room
+    monkeypatch.setattr(files, "free_bytes", lambda path: 0)
+    assert files.is_disk_full(plain, tmp_path)
+    assert not files.is_disk_full(KeyboardInterrupt(), tmp_path)
 
 
 # --- 8. torn and malformed CSV rows --------------------------------------------------------------
