@@ -188,7 +188,11 @@ class BertSelfAttention(nn.Module):
                 significance = significance_from_probs(probs, real_tokens, count_padding_queries)
             context = context.transpose(1, 2).reshape(batch, seq_len, width)
             return context, probs if need_probs else None, scores if need_scores else None, significance
-        context, significance = self._chunked_inference(query, key, value, real_tokens, count_padding_queries)
+        if _flash_significance_available(query):
+            context, significance = flash_attention_with_significance(query, key, value, real_tokens,
+                                                                      count_padding_queries)
+        else:
+            context, significance = self._chunked_inference(query, key, value, real_tokens, count_padding_queries)
         return context.reshape(batch, seq_len, width), None, None, significance
 
     def _scores(self, query, key, additive_mask):
@@ -223,6 +227,40 @@ class BertSelfAttention(nn.Module):
         if len(contexts) == 1:
             return contexts[0], significances[0]
         return torch.cat(contexts), torch.cat(significances)
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _flash_significance_available(query: torch.Tensor) -> bool:
+    # Not under tracing: torchprofile (MACs) and exports see the explicit path, whose matmuls are
+    # the model's MACs (the flash path's second pass adds 2n²H executed MACs that are not the
+    # model's, and is a private aten op that exporters do not know).
+    return (_FLASH_CPU is not None and query.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing())
+
+
+def flash_attention_with_significance(query, key, value, real_tokens, count_padding_queries):
+    """Inference attention and exact significance from two fused (flash) attention passes, without
+    materialising the ``[B, heads, n, n]`` probabilities (on CPU several times faster than the
+    explicit softmax for narrow models such as MiniLM's 32-wide heads).
+
+    Significance of key j is ``sum_h sum_i P[h, i, j] = sum_h sum_i exp(s_hij - lse_hi)``: the
+    normaliser of a second, transposed attention pass (keys as queries, queries as keys, each
+    column biased by its row's ``-lse``), which the kernel returns as its log-sum-exp. Padded
+    queries get bias -inf (not counted) unless ``count_padding_queries``; padded keys get the
+    usual additive -10000, so their significance is 0 as in the explicit path.
+    Returns ``(context [B, n, heads, head_size], significance [B, n] float32)``."""
+    mask = None if real_tokens is None else _additive_mask(real_tokens)[:, None, None, :].to(query.dtype)
+    context, lse = _FLASH_CPU(query, key, value, 0.0, False, attn_mask=mask)
+    bias = -lse.float()  # [B, heads, n]
+    if real_tokens is not None and not count_padding_queries:
+        bias = bias.masked_fill(~real_tokens[:, None, :], float("-inf"))
+    _, lse_t = _FLASH_CPU(key, query, value, 0.0, False, attn_mask=bias[:, :, None, :].to(query.dtype))
+    significance = lse_t.float().exp().sum(dim=1)
+    if real_tokens is not None:
+        significance = significance.masked_fill(~real_tokens, 0.0)
+    return context.transpose(1, 2), significance
 
 
 def _additive_mask(real_tokens: torch.Tensor) -> torch.Tensor:

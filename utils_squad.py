@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2  # 2: the tensors' sha256 is stored and checked
+CACHE_FORMAT_VERSION = 3  # 2: the tensors' sha256 is stored and checked; 3: caches built by
+# tokenizers 0.23.1/0.23.2 may lack the tail of long contexts (check_overflow_covers_context)
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
@@ -342,6 +343,28 @@ def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
     return max(window - doc_stride, 0)
 
 
+def check_overflow_covers_context(tokenizer) -> None:
+    """Raise when the tokenizer's overflowing windows do not cover the whole second sequence.
+
+    tokenizers 0.23.1 and 0.23.2 stop tokenising a truncated input after ``max_length`` tokens
+    (a "truncation early exit", upstream issue huggingface/tokenizers#2091, fixed in 0.23.3), so
+    ``return_overflowing_tokens`` windows silently end at the context's ``max_length``-th token
+    and the rest of a long context (with any answer in it) is lost. A tiny probe: a 24-word
+    context in 8-token windows without overlap must give all its tokens back."""
+    context = " ".join(["a"] * 24)
+    n_tokens = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    enc = tokenizer(["a"], [context], truncation="only_second", max_length=8, stride=0,
+                    return_overflowing_tokens=True)
+    got = sum(enc.sequence_ids(i).count(1) for i in range(len(enc["input_ids"])))
+    if got != n_tokens:
+        import tokenizers
+
+        raise RuntimeError(
+            f"tokenizers {tokenizers.__version__} drops context tokens from overflowing windows "
+            f"({got} of {n_tokens} came back): long contexts would be cut silently. tokenizers "
+            "0.23.1 and 0.23.2 have this bug; install tokenizers>=0.23.3 (pip install -r requirements.txt)")
+
+
 def _tokenize_group(tokenizer, questions, contexts, query_length, max_seq_length, doc_stride):
     """One batched tokenizer call for questions of the same (truncated) token length."""
     overlap = window_overlap(max_seq_length, doc_stride, query_length,
@@ -399,6 +422,7 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
         raise UsageError(f"doc_stride must be positive, got {doc_stride}")
     if not examples:
         return _empty_features(max_seq_length, is_training)
+    check_overflow_covers_context(tokenizer)
     questions, query_lengths = _truncate_questions(
         tokenizer, [e.question for e in examples], max_query_length)
     parts = {"input_ids": [], "attention_mask": [], "token_type_ids": [], "starts": [],

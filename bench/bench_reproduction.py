@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher", required=True, help="folder of the teacher's architecture (e.g. all-MiniLM-L6-v2)")
     p.add_argument("--student", required=True, help="folder of the student (e.g. make_student.py's output)")
     p.add_argument("--configs", default="[]", help="JSON list of the student's length configurations")
+    p.add_argument("--teacher-configs", default="[]",
+                   help="JSON list of length configurations for the teacher's architecture (run by our model)")
     p.add_argument("--dev-file", default=str(REPO_ROOT.parent / "shared" / "squad" / "dev-v1.1.json"))
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--features", type=int, default=128, help="dev features to time")
@@ -79,6 +81,9 @@ def main(argv=None) -> int:
         args.teacher, attn_implementation="sdpa", dtype=dtype).to(device).eval()
     student = BertForQuestionAnswering.from_pretrained(args.student, dtype=dtype).to(device).eval()
     configs = [tuple(c) for c in json.loads(args.configs)]
+    teacher_configs = [tuple(c) for c in json.loads(args.teacher_configs)]
+    ours_teacher = (BertForQuestionAnswering.from_pretrained(args.teacher, dtype=dtype).to(device).eval()
+                    if teacher_configs else None)
     rows = []
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         padded = make_batches(features, batch_size, args.max_seq_length, False, device)
@@ -98,6 +103,10 @@ def main(argv=None) -> int:
             call = lambda i, m, t, c=config: student(i, m, t, length_config=c)  # noqa: E731
             runs[("student", config, "padded")] = (over(call, padded), student.config, padded)
             runs[("student", config, "sorted")] = (over(call, sorted_), student.config, sorted_)
+        for config in teacher_configs:
+            call = lambda i, m, t, c=config: ours_teacher(i, m, t, length_config=c)  # noqa: E731
+            runs[("teacher", config, "padded")] = (over(call, padded), teacher.config, padded)
+            runs[("teacher", config, "sorted")] = (over(call, sorted_), teacher.config, sorted_)
         medians = time_interleaved({k: v[0] for k, v in runs.items()}, args.repeats, f"batch {batch_size}")
         base_padded = medians[("teacher", None, "padded")]
         base_sorted = medians[("teacher", None, "sorted")]

@@ -21,7 +21,9 @@ def _hf_model(config_or_path, attn="eager"):
         config = transformers.BertConfig.from_dict(config_or_path.to_dict())
         config._attn_implementation = attn
         return transformers.BertForQuestionAnswering(config).eval()
-    return transformers.BertForQuestionAnswering.from_pretrained(str(config_or_path), attn_implementation=attn).eval()
+    # float32 whatever the folder stores (transformers 5 would keep a half-precision checkpoint's dtype)
+    return transformers.BertForQuestionAnswering.from_pretrained(
+        str(config_or_path), attn_implementation=attn, dtype=torch.float32).eval()
 
 
 def _batch(vocab_size, lengths, seq_len, seed=0):
@@ -64,7 +66,8 @@ def _assert_matches_transformers(ours, theirs, inputs):
 def test_minilm_full_length_matches_transformers():
     folder = require_minilm()
     torch.manual_seed(0)
-    ours, info = BertForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True)
+    ours, info = BertForQuestionAnswering.from_pretrained(str(folder), output_loading_info=True,
+                                                          dtype=torch.float32)
     assert set(info["missing_keys"]) == {"qa_outputs.weight", "qa_outputs.bias"}
     theirs = _hf_model(folder)
     theirs.qa_outputs.load_state_dict(ours.qa_outputs.state_dict())
@@ -452,3 +455,29 @@ def test_a_fixed_length_configuration_traces_to_one_graph_for_any_padding():
             got_start, got_end = traced(other, mask)
             torch.testing.assert_close(got_start, want.start_logits, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got_end, want.end_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("count_padding_queries", [False, True])
+def test_flash_significance_equals_explicit_softmax_sums(count_padding_queries):
+    """The two-pass flash computation of significance equals the column sums of explicit softmax
+    probabilities (over heads and real queries; padded keys 0), and its context equals P @ V."""
+    import math
+
+    import modeling_bert
+
+    if modeling_bert._FLASH_CPU is None:
+        pytest.skip("this torch has no CPU flash attention op")
+    torch.manual_seed(0)
+    batch, heads, n, d = 3, 4, 37, 8
+    q, k, v = (torch.randn(batch, heads, n, d) for _ in range(3))
+    real = torch.ones(batch, n, dtype=torch.bool)
+    real[1, 20:] = False
+    real[2, 9:] = False
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.where(real, 0.0, -10000.0)[:, None, None, :]
+    probs = torch.softmax(scores, dim=-1)
+    counted = torch.ones_like(real) if count_padding_queries else real
+    want_sig = (probs * counted[:, None, :, None]).sum(dim=(1, 2)) * real
+    with torch.no_grad():
+        context, sig = modeling_bert.flash_attention_with_significance(q, k, v, real, count_padding_queries)
+    torch.testing.assert_close(sig, want_sig, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(context, (probs @ v).transpose(1, 2), atol=1e-5, rtol=1e-5)

@@ -324,9 +324,16 @@ def test_quickstart_runs_all_five_steps(tmp_path):
     """The README's "run it" command, with small random models and a few steps."""
     import os
     import subprocess
+    import sys
 
+    # The scripts call `python`: make it the interpreter running the tests (a `python` elsewhere on
+    # PATH may be another environment, with other package versions, or be missing altogether).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "qs"), "TINY": "1", "STEPS": "2", "BUDGET": "3",
-           "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "2"}
+           "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "2", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("SIGOPT_API_TOKEN", None)
     proc = subprocess.run(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
                           capture_output=True, text=True, timeout=600)

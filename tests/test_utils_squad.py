@@ -259,6 +259,29 @@ def test_windows_match_the_reference_loop(tokenizer, is_training):
         assert features.eval_dataset()[3][3].item() == 3
 
 
+def test_overflow_that_loses_context_tokens_is_refused(tokenizer):
+    """tokenizers 0.23.1/0.23.2 end the overflowing windows at the context's max_length-th token;
+    such a tokenizer (imitated here by dropping the last window) is refused with a clear error
+    instead of building features that silently miss the tail of long contexts."""
+    utils_squad.check_overflow_covers_context(tokenizer)  # the installed tokenizers is sound
+
+    class LosesLastWindow:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            enc = tokenizer(*args, **kwargs)
+            if kwargs.get("return_overflowing_tokens") and len(enc["input_ids"]) > 1:
+                enc._encodings = enc._encodings[:-1]
+                for key in list(enc.keys()):
+                    enc[key] = enc[key][:-1]
+            return enc
+
+    examples = utils_squad.read_squad_examples(DEV, is_training=False)
+    with pytest.raises(RuntimeError, match="tokenizers>=0.23.3"):
+        utils_squad.convert_examples_to_features(examples, LosesLastWindow(), **SMALL)
+
+
 def test_training_positions_point_at_the_answer_text(tokenizer):
     examples = utils_squad.read_squad_examples(TRAIN, is_training=True)
     features = utils_squad.convert_examples_to_features(examples, tokenizer, is_training=True, **SMALL)
