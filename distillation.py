@@ -10,6 +10,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from errors import UsageError
+
 # TinyBERT zeroes attention scores of masked positions (mask value -10000 then, finfo.min now)
 # before comparing teacher and student, so padding contributes nothing.
 MASKED_SCORE_THRESHOLD = -1e2
@@ -33,7 +35,7 @@ def prediction_distillation_loss(student_start, student_end, teacher_start, teac
 def layers_per_block(student_layers: int, teacher_layers: int) -> int:
     """TinyBERT's uniform mapping step k: student layer j learns from teacher layer j*k."""
     if student_layers < 1 or teacher_layers % student_layers != 0:
-        raise ValueError(
+        raise UsageError(
             f"intermediate-layer distillation needs the teacher's layer count ({teacher_layers}) "
             f"to be a multiple of the student's ({student_layers})")
     return teacher_layers // student_layers

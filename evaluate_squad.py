@@ -90,11 +90,6 @@ def _dataset_questions(dataset: list):
                 yield qa["id"], [answer["text"] for answer in qa["answers"]]
 
 
-def gold_answers(dataset: list) -> dict[str, list[str]]:
-    """{question id: [gold answer texts]} from a SQuAD JSON's ``data`` list, in file order."""
-    return dict(_dataset_questions(dataset))
-
-
 def evaluate(dataset: list, predictions: Mapping[str, str]) -> dict:
     """The official ``evaluate``: EM and F1 (in %) of ``predictions`` on a SQuAD ``data`` list."""
     return _score(_dataset_questions(dataset), predictions)

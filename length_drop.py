@@ -137,14 +137,16 @@ def sandwich_configurations(num_hidden_layers: int, max_seq_length: int, num_san
     return models
 
 
-def constant_rate_length_config(rate: float, num_hidden_layers: int, max_seq_length: int,
-                                min_length: int = 2) -> tuple[int, ...]:
-    """Every layer drops the fraction ``rate`` of the tokens it receives (cumulative:
-    ``ceil(previous * (1 - rate))``), as Dynamic-TinyBERT's ``--measure_rate`` (which calls the
-    sampler with ``length_drop_ratio=rate``)."""
-    if not 0 <= rate < 1:
-        raise ValueError(f"rate: expected a drop ratio in [0, 1), got {rate!r}")
-    return sample_length_configuration(max_seq_length, num_hidden_layers, length_drop_ratio=rate,
+def constant_drop_config(max_seq_length: int, num_hidden_layers: int, drop_ratio: float,
+                         min_length: int = 2) -> tuple[int, ...]:
+    """Every layer drops the fraction ``drop_ratio`` of the tokens it receives, cumulatively:
+    ``length_i = max(ceil(length_{i-1} * (1 - drop_ratio)), min_length)``. This is LAT's sampler
+    with ``length_drop_ratio``, as Dynamic-TinyBERT's ``--measure_rate`` calls it; the search's
+    constant-rate sweep takes keep rates and passes ``drop_ratio = 1 - keep_rate``.
+    E.g. drop 0.2 at 384 over 6 layers -> (308, 247, 198, 159, 128, 103)."""
+    if not 0 <= drop_ratio < 1:
+        raise ValueError(f"drop_ratio: expected a drop ratio in [0, 1), got {drop_ratio!r}")
+    return sample_length_configuration(max_seq_length, num_hidden_layers, length_drop_ratio=drop_ratio,
                                        min_length=min_length)
 
 

@@ -59,6 +59,27 @@ class QAOutput(ModelOutput):
     attention_scores: tuple[torch.Tensor, ...] | None = None
 
 
+@dataclass(frozen=True)
+class ForwardOptions:
+    """What one forward pass computes and returns, beyond the logits (keyword-only everywhere)."""
+
+    length_config: tuple[int, ...] | None = None  # tokens kept per layer; None: full length
+    layers_to_run: frozenset[int] | None = None   # LayerDrop; None: every layer
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    output_attention_scores: bool = False
+    always_keep_cls_token: bool = False
+    count_padding_queries: bool = False
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    attention_scores: tuple[torch.Tensor, ...] | None
+
+
 def _flat_rows(index: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Row numbers into a ``[B * seq_len, H]`` view for per-example token indices ``[B, k]``."""
     offsets = torch.arange(index.size(0), device=index.device).unsqueeze(1) * seq_len
@@ -105,6 +126,18 @@ def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: 
     return order[:, :keep].sort(dim=1).values, order[:, keep:]
 
 
+def real_tokens_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Bool ``[B, L]``, True at real tokens; None when there is no padding, so attention runs
+    unmasked (fastest). That check reads tensor values: while tracing (``torch.jit.trace``,
+    ONNX export) it is skipped and the mask kept, which gives the same logits either way."""
+    if attention_mask is None:
+        return None
+    real_tokens = attention_mask != 0
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return real_tokens
+    return None if bool(real_tokens.all()) else real_tokens
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention. Three ways, same result:
 
@@ -133,10 +166,12 @@ class BertSelfAttention(nn.Module):
         batch, seq_len, _ = x.shape
         return x.view(batch, seq_len, self.num_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, need_probs: bool,
-                need_scores: bool, need_significance: bool, count_padding_queries: bool):
+    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, *,
+                options: ForwardOptions, need_significance: bool):
         """Returns ``(context [B, n, H], probs, scores, significance [B, n])``, the last three
         None unless asked for. Probabilities are after attention dropout (as transformers)."""
+        need_probs, need_scores = options.output_attentions, options.output_attention_scores
+        count_padding_queries = options.count_padding_queries
         batch, seq_len, width = hidden.shape
         query = self._heads(self.query(hidden))
         key = self._heads(self.key(hidden))
@@ -241,9 +276,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden, real_tokens, need_probs, need_scores, need_significance, count_padding_queries):
+    def forward(self, hidden, real_tokens, *, options: ForwardOptions, need_significance: bool):
         context, probs, scores, significance = self.self(
-            hidden, real_tokens, need_probs, need_scores, need_significance, count_padding_queries)
+            hidden, real_tokens, options=options, need_significance=need_significance)
         return self.output(context, hidden), probs, scores, significance
 
 
@@ -267,25 +302,76 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None,
-                output_attentions: bool, output_attention_scores: bool,
-                always_keep_cls_token: bool, count_padding_queries: bool) -> LayerResult:
+    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
+                options: ForwardOptions) -> LayerResult:
+        # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
         drops = keep is not None and keep < hidden.size(1)
         attention_output, probs, scores, significance = self.attention(
-            hidden, real_tokens, output_attentions, output_attention_scores, drops, count_padding_queries)
+            hidden, real_tokens, options=options, need_significance=drops)
         kept = dropped = None
         if drops:
             # As the reference: gather the attention block's output, run the FFN on kept tokens.
-            kept, dropped = select_tokens(significance, keep, always_keep_cls_token)
+            kept, dropped = select_tokens(significance, keep, options.always_keep_cls_token)
             attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return LayerResult(layer_output, kept, dropped, probs, scores)
 
 
 class BertEncoder(nn.Module):
+    """The layers, run with Drop-and-Restore (the loop lives here, as in transformers' encoder)."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, *,
+                options: ForwardOptions) -> EncoderOutput:
+        """Run the layers with Drop-and-Restore.
+
+        ``positions [B, n]`` maps the current tokens to input positions (None: identity).
+        ``restored [B, L, H]`` holds, for tokens already dropped, their final hidden state; it is
+        written when tokens are dropped and once at the end, or after every layer when all hidden
+        states are requested. Every branch depends on the options and shapes only, never on
+        tensor values, so a fixed configuration traces to one graph.
+        """
+        output_hidden_states = options.output_hidden_states
+        positions = restored = None
+        all_hidden = [hidden] if output_hidden_states else None
+        all_probs = [] if options.output_attentions else None
+        all_scores = [] if options.output_attention_scores else None
+        for index, layer in enumerate(self.layer):
+            if options.layers_to_run is None or index in options.layers_to_run:
+                keep = None if options.length_config is None else options.length_config[index]
+                result = layer(hidden, real_tokens, keep, options=options)
+                if result.kept is not None:
+                    if positions is None:  # first drop: the input already holds every final state so far
+                        positions = torch.arange(hidden.size(1), device=hidden.device).expand(hidden.size(0), -1)
+                        restored = hidden
+                    elif not output_hidden_states:  # a dropped token's final state is its input here
+                        restored = scatter_tokens(restored, positions.gather(1, result.dropped),
+                                                  gather_tokens(hidden, result.dropped))
+                    positions = positions.gather(1, result.kept)
+                    if real_tokens is not None:
+                        real_tokens = real_tokens.gather(1, result.kept)
+                hidden = result.hidden
+                if all_probs is not None:
+                    all_probs.append(result.probs)
+                if all_scores is not None:
+                    all_scores.append(result.scores)
+                if output_hidden_states and positions is not None:
+                    restored = scatter_tokens(restored, positions, hidden)
+            if output_hidden_states:  # a skipped layer's entry equals its input
+                all_hidden.append(hidden if positions is None else restored)
+        if positions is not None:
+            last = restored if output_hidden_states else scatter_tokens(restored, positions, hidden)
+        else:
+            last = hidden
+        return EncoderOutput(
+            last,
+            tuple(all_hidden) if all_hidden is not None else None,
+            tuple(all_probs) if all_probs is not None else None,
+            tuple(all_scores) if all_scores is not None else None,
+        )
 
 
 class BertBackbone(nn.Module):
@@ -295,14 +381,6 @@ class BertBackbone(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-
-
-@dataclass
-class _EncoderOutput:
-    last_hidden_state: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None
-    attentions: tuple[torch.Tensor, ...] | None
-    attention_scores: tuple[torch.Tensor, ...] | None
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
@@ -381,15 +459,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         if always_keep_cls_token is None:
             always_keep_cls_token = bool(getattr(self.config, "always_keep_cls_token", False))
 
+        options = ForwardOptions(
+            length_config=length_config, layers_to_run=frozenset(layer_config),
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            output_attention_scores=output_attention_scores, always_keep_cls_token=always_keep_cls_token,
+            count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)))
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        real_tokens = None
-        if attention_mask is not None:
-            real_tokens = attention_mask != 0
-            if bool(real_tokens.all()):
-                real_tokens = None  # no padding: unmasked (fastest) attention
-        encoded = self._encode(embeddings, real_tokens, length_config, set(layer_config),
-                               output_hidden_states, output_attentions, output_attention_scores,
-                               always_keep_cls_token)
+        encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options)
 
         logits = self.qa_outputs(encoded.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
@@ -400,55 +476,6 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output = QAOutput(loss, start_logits, end_logits, encoded.hidden_states,
                           encoded.attentions, encoded.attention_scores)
         return output if return_dict else output.to_tuple()
-
-    def _encode(self, hidden, real_tokens, length_config, layers_to_run, output_hidden_states,
-                output_attentions, output_attention_scores, always_keep_cls_token) -> _EncoderOutput:
-        """Run the layers with Drop-and-Restore.
-
-        ``positions [B, n]`` maps the current tokens to input positions (None: identity).
-        ``restored [B, L, H]`` holds, for tokens already dropped, their final hidden state; it is
-        written when tokens are dropped and once at the end, or after every layer when all hidden
-        states are requested.
-        """
-        count_padding_queries = bool(getattr(self.config, "count_padding_queries", False))
-        positions = restored = None
-        all_hidden = [hidden] if output_hidden_states else None
-        all_probs = [] if output_attentions else None
-        all_scores = [] if output_attention_scores else None
-        for index, layer in enumerate(self.bert.encoder.layer):
-            if index in layers_to_run:
-                keep = None if length_config is None else length_config[index]
-                result = layer(hidden, real_tokens, keep, output_attentions, output_attention_scores,
-                               always_keep_cls_token, count_padding_queries)
-                if result.kept is not None:
-                    if positions is None:  # first drop: the input already holds every final state so far
-                        positions = torch.arange(hidden.size(1), device=hidden.device).expand(hidden.size(0), -1)
-                        restored = hidden
-                    elif not output_hidden_states:  # a dropped token's final state is its input here
-                        restored = scatter_tokens(restored, positions.gather(1, result.dropped),
-                                                  gather_tokens(hidden, result.dropped))
-                    positions = positions.gather(1, result.kept)
-                    if real_tokens is not None:
-                        real_tokens = real_tokens.gather(1, result.kept)
-                hidden = result.hidden
-                if all_probs is not None:
-                    all_probs.append(result.probs)
-                if all_scores is not None:
-                    all_scores.append(result.scores)
-                if output_hidden_states and positions is not None:
-                    restored = scatter_tokens(restored, positions, hidden)
-            if output_hidden_states:  # a skipped layer's entry equals its input
-                all_hidden.append(hidden if positions is None else restored)
-        if positions is not None:
-            last = restored if output_hidden_states else scatter_tokens(restored, positions, hidden)
-        else:
-            last = hidden
-        return _EncoderOutput(
-            last,
-            tuple(all_hidden) if all_hidden is not None else None,
-            tuple(all_probs) if all_probs is not None else None,
-            tuple(all_scores) if all_scores is not None else None,
-        )
 
     @staticmethod
     def _span_loss(start_logits, end_logits, start_positions, end_positions):

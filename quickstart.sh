@@ -35,8 +35,7 @@ try:
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     print(f"teacher: all-MiniLM-L6-v2 from {src}")
 except ImportError:
-    sys.path.insert(0, "tests")
-    from helpers import make_tiny_tokenizer, tiny_squad_texts
+    from tiny_models import make_tiny_tokenizer, tiny_squad_texts
     tokenizer = make_tiny_tokenizer(out / "tokenizer", tiny_squad_texts())
     teacher = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=64,
         num_hidden_layers=4, num_attention_heads=4, intermediate_size=128))

@@ -9,14 +9,9 @@ n-best search (top-k starts x top-k ends, max-context rule, length limit, de-dup
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +28,11 @@ CACHE_FORMAT_VERSION = 3  # 2: the tensors' sha256 is stored and checked; 3: cac
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
-class SquadFormatError(ValueError):
-    """A SQuAD file that is missing, not JSON, or not SQuAD v1.1; the message names the place."""
+from errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F401  (re-exported)
+# Re-exported: their homes are files.py and postprocess.py; callers of utils_squad keep working.
+from files import (  # noqa: E402,F401
+    atomic_path, atomic_write_json, atomic_write_text, free_bytes, is_disk_full, new_file_mode)
+from postprocess import postprocess_predictions, write_predictions  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +338,7 @@ def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
     consecutive windows overlap by that minus ``doc_stride`` (never below 0)."""
     window = max_seq_length - query_length - num_special_tokens
     if window <= 0:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
+        raise UsageError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
                          f"{query_length}-token question; lower max_query_length")
     return max(window - doc_stride, 0)
 
@@ -419,9 +417,9 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
     evaluation features carry the context tokens' character offsets.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("a fast (Rust-backed) tokenizer is required for offset mappings")
+        raise UsageError("a fast (Rust-backed) tokenizer is required for offset mappings")
     if doc_stride <= 0:
-        raise ValueError(f"doc_stride must be positive, got {doc_stride}")
+        raise UsageError(f"doc_stride must be positive, got {doc_stride}")
     if not examples:
         return _empty_features(max_seq_length, is_training)
     check_overflow_covers_context(tokenizer)
@@ -545,17 +543,9 @@ def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:
         tensors["offset_starts"] = torch.as_tensor(starts, dtype=torch.int32)
         tensors["offset_ends"] = torch.as_tensor(ends, dtype=torch.int32)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True),
-                                          "tensors_sha256": tensors_sha256(tensors)})
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"key": json.dumps(key, sort_keys=True),
+                                               "tensors_sha256": tensors_sha256(tensors)})
 
 
 def _load_cache(path: Path, key: dict, num_examples: int, is_training: bool) -> SquadFeatures:
@@ -609,7 +599,7 @@ def load_or_build_features(data_file, tokenizer, *, max_seq_length: int = 384, d
     examples = _parse_examples(data, data_file, is_training)
     if max_examples is not None:
         if max_examples < 0:
-            raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+            raise UsageError(f"max_examples must be >= 0, got {max_examples}")
         examples = examples[:max_examples]
     build = lambda: convert_examples_to_features(  # noqa: E731
         examples, tokenizer, max_seq_length, doc_stride, max_query_length, is_training)
@@ -633,202 +623,3 @@ def load_or_build_features(data_file, tokenizer, *, max_seq_length: int = 384, d
     except OSError as err:
         logger.warning("could not write the feature cache %s: %s", path, err)
     return examples, features
-
-
-# --------------------------------------------------------------------------------------------
-# Post-processing
-# --------------------------------------------------------------------------------------------
-
-def _max_context_mask(starts: np.ndarray, example_index: np.ndarray) -> np.ndarray:
-    """[N, L] True where the window is the token's "max context" window (reference rule:
-    score = min(left, right context) + 0.01 * window length; the first window wins ties)."""
-    is_context = starts >= 0
-    result = is_context.copy()
-    # Only tokens of examples with several windows can have a better window elsewhere.
-    if example_index.size == 0:
-        return result
-    counts = np.bincount(example_index)
-    multi = np.flatnonzero(counts[example_index] > 1)
-    if multi.size == 0:
-        return result
-    ctx = is_context[multi]
-    position = np.cumsum(ctx, axis=1) - 1
-    length = ctx.sum(1, keepdims=True)
-    score = np.minimum(position, length - 1 - position) + 0.01 * length
-    rows, cols = np.nonzero(ctx)
-    feature = multi[rows]
-    token_key = starts[feature, cols]  # a context token is identified by its start character
-    order = np.lexsort((feature, -score[rows, cols], token_key, example_index[feature]))
-    key_ex, key_tok = example_index[feature][order], token_key[order]
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = (key_ex[1:] != key_ex[:-1]) | (key_tok[1:] != key_tok[:-1])
-    result[multi] = False
-    result[feature[order[first]], cols[order[first]]] = True
-    return result
-
-
-def _softmax(scores: list[float]) -> list[float]:
-    if not scores:
-        return []
-    top = max(scores)
-    exps = [math.exp(s - top) for s in scores]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def _as_numpy(logits) -> np.ndarray:
-    if isinstance(logits, torch.Tensor):
-        logits = logits.detach().cpu().float().numpy()
-    return np.asarray(logits, dtype=np.float64)
-
-
-def postprocess_predictions(examples: list[SquadExample], features: SquadFeatures, start_logits,
-                            end_logits, n_best_size: int = 20, max_answer_length: int = 30):
-    """Answer text and n-best list for every example from per-feature start/end logits [N, L].
-
-    As the reference: the top ``n_best_size`` start and end positions of each window are
-    paired; a pair is kept when both are context tokens, the start's window is its max-context
-    window, start <= end and the span is at most ``max_answer_length`` tokens. Pairs of all
-    windows of an example are ranked by start + end logit; texts are cut from the original
-    context by character offsets and de-duplicated.
-    """
-    start_logits, end_logits = _as_numpy(start_logits), _as_numpy(end_logits)
-    starts, ends = features.context_offsets()
-    if start_logits.shape != starts.shape or end_logits.shape != starts.shape:
-        raise ValueError(f"logits must have the features' shape {starts.shape}, got "
-                         f"{start_logits.shape} and {end_logits.shape}")
-    example_index = features.example_index.numpy()
-    k = min(n_best_size, starts.shape[1])
-    top_start = np.argsort(-start_logits, axis=1, kind="stable")[:, :k]
-    top_end = np.argsort(-end_logits, axis=1, kind="stable")[:, :k]
-
-    is_context = starts >= 0
-    can_start = np.take_along_axis(is_context & _max_context_mask(starts, example_index),
-                                   top_start, axis=1)
-    can_end = np.take_along_axis(is_context, top_end, axis=1)
-    span = top_end[:, None, :] - top_start[:, :, None]
-    valid = can_start[:, :, None] & can_end[:, None, :] & (span >= 0) & (span < max_answer_length)
-    # Row-major nonzero = the reference's loop order (feature, start rank, end rank).
-    feat, i, j = np.nonzero(valid)
-    s_tok, e_tok = top_start[feat, i], top_end[feat, j]
-    s_logit, e_logit = start_logits[feat, s_tok], end_logits[feat, e_tok]
-    cand_example = example_index[feat]
-    order = np.lexsort((np.arange(feat.size), -(s_logit + e_logit), cand_example))
-    cand_example = cand_example[order]
-    bounds = np.searchsorted(cand_example, np.arange(len(examples) + 1))
-    char_start = starts[feat, s_tok][order].tolist()
-    char_end = ends[feat, e_tok][order].tolist()
-    s_logit, e_logit = s_logit[order].tolist(), e_logit[order].tolist()
-
-    predictions, all_nbest = {}, {}
-    for ex_id, example in enumerate(tqdm(examples, desc="post-processing", leave=False,
-                                         disable=len(examples) < 2000)):
-        nbest, seen = [], set()
-        for c in range(bounds[ex_id], bounds[ex_id + 1]):
-            text = example.context[char_start[c]:char_end[c]]
-            if text in seen:
-                continue
-            seen.add(text)
-            nbest.append({"text": text, "start_logit": s_logit[c], "end_logit": e_logit[c]})
-            if len(nbest) >= n_best_size:
-                break
-        if not nbest:  # the reference's placeholder when no span is valid
-            nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0})
-        probs = _softmax([n["start_logit"] + n["end_logit"] for n in nbest])
-        all_nbest[example.qas_id] = [
-            {"text": n["text"], "probability": p, "start_logit": n["start_logit"],
-             "end_logit": n["end_logit"]} for n, p in zip(nbest, probs)]
-        predictions[example.qas_id] = nbest[0]["text"]
-    return predictions, all_nbest
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-def new_file_mode() -> int:
-    """The permissions an ordinary ``open(path, "w")`` would give (0666 less the umask); temporary
-    files from ``mkstemp`` are 0600, so atomically written results get this mode instead."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (fsync'd), then
-    os.replace: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_predictions(predictions: dict, nbest: dict, output_dir, prefix: str = ""):
-    """Write ``{prefix}predictions.json`` ({id: text}) and ``{prefix}nbest_predictions.json``."""
-    output_dir = Path(output_dir)
-    pred_path = output_dir / f"{prefix}predictions.json"
-    nbest_path = output_dir / f"{prefix}nbest_predictions.json"
-    atomic_write_json(pred_path, predictions)
-    atomic_write_json(nbest_path, nbest)
-    return pred_path, nbest_path
-
-
-# --------------------------------------------------------------------------------------------
-# A full disk, said plainly
-# --------------------------------------------------------------------------------------------
-
-class DiskFullError(RuntimeError):
-    """A write failed because the disk (or quota) is full; what was complete is kept."""
-
-
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# torch ("unexpected pos"), SQLite and safetensors report a full disk in words of their own.
-DISK_FULL_WORDS = ("no space left", "database or disk is full", "disk quota exceeded")
-LOW_SPACE_BYTES = 1 << 20
-
-
-def free_bytes(path) -> int:
-    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _exception_chain(err: BaseException):
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
-
-
-def is_disk_full(err: BaseException, path) -> bool:
-    """Whether ``err`` (raised while writing under ``path``) comes from a full disk: an ENOSPC
-    anywhere in its chain, a library's own words for it, or, for errors that hide the cause
-    (torch's ``inline_container.cc ... unexpected pos``), less than 1 MiB left on ``path``."""
-    if not isinstance(err, Exception):
-        return False  # Ctrl-C is never a full disk
-    for e in _exception_chain(err):
-        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-            return True
-        if any(words in str(e).lower() for words in DISK_FULL_WORDS):
-            return True
-    try:
-        return free_bytes(path) < LOW_SPACE_BYTES
-    except OSError:
-        return False

@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import utils_squad  # noqa: E402
-from length_drop import analytic_macs, constant_rate_length_config  # noqa: E402
+from length_drop import analytic_macs, constant_drop_config  # noqa: E402
 from modeling_bert import BertForQuestionAnswering  # noqa: E402
 
 TARGET_REDUCTIONS = (1.5, 2.0, 3.0)
@@ -74,7 +74,7 @@ def rate_config_for(config, seq_length, target):
     full = analytic_macs(config, seq_length)
     best = None
     for step in range(0, 951):
-        lengths = constant_rate_length_config(step / 1000, config.num_hidden_layers, seq_length)
+        lengths = constant_drop_config(seq_length, config.num_hidden_layers, step / 1000)
         ratio = full / analytic_macs(config, seq_length, lengths)
         if best is None or abs(ratio - target) < abs(best[1] - target):
             best = (lengths, ratio)
@@ -164,8 +164,7 @@ def synthetic_rows(theirs, ours, config, configs, batch, args):
 def real_rows(theirs, ours, config, configs, args):
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
-        sys.path.insert(0, str(REPO_ROOT / "tests"))
-        from helpers import minilm_dir
+        from tiny_models import minilm_dir
 
         tokenizer_dir = minilm_dir()
     if not args.dev_file or not Path(args.dev_file).is_file() or tokenizer_dir is None:

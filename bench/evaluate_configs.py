@@ -18,9 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import run_squad  # noqa: E402
+import length_drop  # noqa: E402
 import search  # noqa: E402
 import utils_squad  # noqa: E402
+from errors import UsageError  # noqa: E402
+from evaluation import DevEvaluator  # noqa: E402
+from flags import build_parser  # noqa: E402
+from loading import load_model, load_tokenizer  # noqa: E402
+from runtime import setup_runtime  # noqa: E402
+from settings import build_settings  # noqa: E402
 
 
 def front_configs(path: Path, pareto_only: bool) -> list[tuple[int, ...]]:
@@ -44,7 +50,7 @@ def configs_to_score(a, layers: int) -> list[tuple[tuple[int, ...] | None, str]]
     configs = []
     if a.rates:
         for rate in search.parse_rates(a.rates):
-            config = search.constant_rate_config(a.max_seq_length, layers, rate)
+            config = length_drop.constant_drop_config(a.max_seq_length, layers, 1.0 - rate)  # the sweep's rule
             configs.append((None if rate == 1.0 else config, f"rate {rate:g}"))
     for config in json.loads(a.configs) if a.configs else []:
         configs.append((tuple(config), "given"))
@@ -75,26 +81,26 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true")
     a = p.parse_args(argv)
 
-    run_args = run_squad.build_parser().parse_args([
+    run_args = build_parser().parse_args([
         "--model_name_or_path", a.model[0], "--output_dir", str(Path(a.output).parent), "--do_eval",
         "--do_lower_case", "--predict_file", a.dev_file, "--max_seq_length", str(a.max_seq_length),
         "--doc_stride", str(a.doc_stride), "--per_gpu_eval_batch_size", str(a.batch_size),
         "--overwrite_output_dir", *(["--cache_dir", a.cache_dir] if a.cache_dir else []),
         *(["--bf16"] if a.bf16 else [])])
     try:
-        run_squad.validate_args(run_args)
-        runtime = run_squad.setup_runtime(run_args)
-        tokenizer = run_squad.load_tokenizer(run_args)
+        settings = build_settings(run_args)
+        runtime = setup_runtime(settings.runtime)
+        tokenizer = load_tokenizer(settings.model)
         for path in a.model:
             if not Path(path).is_dir():
-                raise run_squad.UsageError(f"--model {path}: no such folder")
-        evaluator = run_squad.DevEvaluator(run_args, tokenizer, runtime, a.max_questions)
-    except (run_squad.UsageError, ValueError) as e:
+                raise UsageError(f"--model {path}: no such folder")
+        evaluator = DevEvaluator(settings.eval, settings.data, tokenizer, runtime, a.max_questions)
+    except UsageError as e:
         print(f"evaluate_configs.py: error: {e}", file=sys.stderr)
         return 2
     results = []
     for path in a.model:
-        model = run_squad.load_model(path).to(runtime.device).eval()
+        model = load_model(path).to(runtime.device).eval()
         try:
             configs = configs_to_score(a, model.config.num_hidden_layers)
         except ValueError as e:

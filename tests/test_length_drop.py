@@ -14,7 +14,7 @@ from helpers import tiny_bert_config
 from length_drop import (
     SubModel,
     analytic_macs,
-    constant_rate_length_config,
+    constant_drop_config,
     parse_length_config,
     profile_macs,
     sample_layer_configuration,
@@ -66,7 +66,7 @@ def test_parse_rejects_bad_input_with_a_clear_message(value, message):
 def test_fixed_ratio_is_cumulative_ceil_and_skipped_layers_keep_length():
     # 384 * 0.8 = 307.2 -> 308; 246.4 -> 247; 197.6 -> 198; 158.4 -> 159; 127.2 -> 128; 102.4 -> 103
     assert sample_length_configuration(384, 6, length_drop_ratio=0.2) == (308, 247, 198, 159, 128, 103)
-    assert constant_rate_length_config(0.2, 6, 384) == (308, 247, 198, 159, 128, 103)
+    assert constant_drop_config(384, 6, 0.2) == (308, 247, 198, 159, 128, 103)
     assert sample_length_configuration(384, 6, layer_config=(0, 2, 4), length_drop_ratio=0.2) == \
         (308, 308, 247, 247, 198, 198)
     # min_length floors the length: 10 -> 1 -> clamp 2 -> ceil(0.2) = 1 -> 2 ...
@@ -157,9 +157,9 @@ def test_sandwich_with_layerdrop_prob_drops_layers_in_every_sub_model():
         assert abs(statistics.mean(sizes) - 3.0) < 0.3
 
 
-def test_constant_rate_rejects_bad_rate():
-    with pytest.raises(ValueError, match="rate"):
-        constant_rate_length_config(1.0, 6, 384)
+def test_constant_drop_rejects_bad_ratio():
+    with pytest.raises(ValueError, match="drop ratio"):
+        constant_drop_config(384, 6, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

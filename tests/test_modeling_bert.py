@@ -424,6 +424,39 @@ def test_fit_dense_follows_config():
     assert model.fit_dense.in_features == config.hidden_size and model.fit_dense.out_features == 50
 
 
+def test_a_fixed_length_configuration_traces_to_one_graph_for_any_padding():
+    """With a fixed length configuration the forward has no branch on tensor values: a graph
+    traced on an unpadded batch (where eager skips the mask) gives eager's logits on padded
+    batches of the same shape."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=3)).eval()
+    model.set_length_config((12, 9, 6))
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            out = self.model(input_ids, attention_mask, return_dict=False)
+            return out[0], out[1]
+
+    ids = torch.randint(5, 50, (2, 16))
+    padded = torch.ones(2, 16, dtype=torch.long)
+    padded[1, 11:] = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(Logits(), (ids, torch.ones(2, 16, dtype=torch.long)))
+        for mask in (padded, padded.flip(0)):
+            other = torch.randint(5, 50, (2, 16))
+            want = model(other, mask)
+            got_start, got_end = traced(other, mask)
+            torch.testing.assert_close(got_start, want.start_logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_end, want.end_logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("count_padding_queries", [False, True])
 def test_flash_significance_equals_explicit_softmax_sums(count_padding_queries):
     """The two-pass flash computation of significance equals the column sums of explicit softmax

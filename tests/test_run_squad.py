@@ -9,9 +9,14 @@ import pytest
 import torch
 
 import run_squad
+from loading import load_model
+from objective import Objective, sandwich_weight, sub_models_for_step
+from runtime import Runtime
+from settings import ObjectiveSettings, SandwichSettings, group_from
+from training import train_step
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
-# The paper README's commands (issue 4), verbatim but for line breaks.
+# The paper README's commands, verbatim but for line breaks.
 STEP1 = """--data_dir $SQUAD_DIR --model_type bert --model_name_or_path bert-base-uncased
 --do_train --do_eval --evaluate_during_training --save_only_best --do_lower_case
 --train_file train-v1.1.json --predict_file dev-v1.1.json --per_gpu_train_batch_size 8
@@ -164,8 +169,10 @@ def test_sandwich_accumulates_each_sub_models_gradient(workspace):
             length_drop.SubModel("smallest", (13, 10, 8), (0, 2)),
             length_drop.SubModel("random", (15, 12, 12), (0, 1, 2)),
             length_drop.SubModel("random", (16, 9, 5), (0, 1, 2))]
-    runtime = run_squad.Runtime(torch.device("cpu"))
-    run_squad.train_step(args, model, run_squad.Objective(args), batch, subs, 0.5, runtime, None, True)
+    runtime = Runtime(torch.device("cpu"))
+    sandwich = group_from(SandwichSettings, args, length_config=None)
+    train_step("fp32", sandwich, model, Objective(group_from(ObjectiveSettings, args)), batch, subs, 0.5,
+               runtime, None, True)
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     model.zero_grad()
@@ -345,7 +352,7 @@ def test_sandwich_from_default_flags_without_layer_dropout():
 
     args = run_squad.build_parser().parse_args(
         ["--model_name_or_path", "x", "--output_dir", "y", "--length_adaptive", "--max_seq_length", "100"])
-    subs = run_squad.sub_models_for_step(args, 3, random.Random(0), None)
+    subs = sub_models_for_step(group_from(SandwichSettings, args, length_config=None), 3, random.Random(0))
     assert [s.kind for s in subs] == ["full", "smallest", "random", "random"]
     assert all(s.layer_config == (0, 1, 2) for s in subs)
     assert subs[0].length_config is None
@@ -383,7 +390,7 @@ def test_half_precision_checkpoint_loads_as_float32(workspace, tmp_path):
 
     src = HFBert.from_pretrained(str(workspace["teacher"]), dtype=torch.float32)
     src.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
-    model = run_squad.load_model(str(tmp_path / "bf16"))
+    model = load_model(str(tmp_path / "bf16"))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     want = src.state_dict()["qa_outputs.weight"].float()
     torch.testing.assert_close(model.qa_outputs.weight.detach(), want, atol=0, rtol=0)
@@ -396,7 +403,8 @@ def test_sandwich_weights(full_weight, expected):
     if full_weight is not None:
         argv += ["--sandwich_full_weight", str(full_weight)]
     args = run_squad.build_parser().parse_args(argv)
-    got = [run_squad.sandwich_weight(args, i, 4) for i in range(4)]
+    sandwich = group_from(SandwichSettings, args, length_config=None)
+    got = [sandwich_weight(sandwich, i, 4) for i in range(4)]
     assert got == pytest.approx(expected)
     assert sum(got) == pytest.approx(1.0)
 
@@ -419,7 +427,7 @@ def test_attention_loss_on_probabilities_compares_softmax_outputs(workspace):
     torch.manual_seed(0)
     student = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=2)).eval()
     teacher = BertForQuestionAnswering(tiny_bert_config(50, num_hidden_layers=4)).eval()
-    objective = run_squad.Objective(args, teacher)
+    objective = Objective(group_from(ObjectiveSettings, args), teacher)
     assert objective.needs_attention_probs and not objective.needs_attention_scores
     inputs = dict(input_ids=torch.randint(5, 50, (2, 12)), attention_mask=torch.ones(2, 12, dtype=torch.long))
     t_out = objective.teacher_outputs(inputs)

@@ -54,6 +54,11 @@ class SyntheticTask:
         return self.macs((self.max_length,) * self.num_layers)
 
 
+def constant_rate_config(max_length: int, num_layers: int, keep_rate: float) -> tuple[int, ...]:
+    """The search's sweep configuration at ``keep_rate`` (each layer keeps that fraction)."""
+    return search.sweep_config(search.SearchSpace(num_layers, 1, max_length), keep_rate)
+
+
 def make_args(*extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     search.add_search_args(parser)
@@ -99,10 +104,10 @@ def sigopt_env(monkeypatch):
 
 def test_constant_rate_config_matches_hand_computed_lat_lengths():
     # LAT: each layer keeps ceil(0.8 * previous): 384*.8=307.2 -> 308, 246.4 -> 247, ...
-    assert search.constant_rate_config(384, 6, 0.8) == (308, 247, 198, 159, 128, 103)
-    assert search.constant_rate_config(384, 3, 1.0) == (384, 384, 384)
-    # Floor of 2 tokens, as LAT's sample_length_configuration(min_length=2).
-    assert search.constant_rate_config(10, 4, 0.1) == (2, 2, 2, 2)
+    assert constant_rate_config(384, 6, 0.8) == (308, 247, 198, 159, 128, 103)
+    assert constant_rate_config(384, 3, 1.0) == (384, 384, 384)
+    # Floor of 2 tokens, as LAT's sample_length_configuration(min_length=2), below the min length.
+    assert constant_rate_config(10, 4, 0.1) == (2, 2, 2, 2)
 
 
 def test_pareto_flags_agree_with_brute_force_including_ties():
@@ -147,7 +152,7 @@ def test_constant_backend_writes_rows_front_plot_summary(tmp_path):
     assert tuple(rows[0].keys()) == search.CSV_COLUMNS
     # rate 1.0 is the full-length configuration: measured once, as the "full" row.
     assert [r["backend"] for r in rows] == ["full"] + ["constant"] * 4
-    expected = [(40,) * 5] + [search.constant_rate_config(40, 5, r) for r in (0.9, 0.8, 0.7, 0.6)]
+    expected = [(40,) * 5] + [constant_rate_config(40, 5, r) for r in (0.9, 0.8, 0.7, 0.6)]
     assert [config_of(r) for r in rows] == expected
     assert len(task.calls) == 5
     for row in rows:
@@ -270,7 +275,7 @@ def test_optuna_respects_space_and_budget_and_shares_the_study(tmp_path):
                       "--search_storage", f"sqlite:///{tmp_path / 'search.db'}")
     search.run_search_from_args(other, task, num_layers, max_length, task.full_macs, tmp_path / "worker2")
     assert sorted(task.calls) == sorted([(max_length,) * num_layers,
-                                         search.constant_rate_config(max_length, num_layers, 0.9)])
+                                         constant_rate_config(max_length, num_layers, 0.9)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,7 +342,7 @@ def test_evolution_mutation_stays_in_bounds_and_gives_up_when_nothing_is_new(tmp
 def test_sigopt_end_to_end_with_the_real_client(tmp_path, sigopt_env):
     num_layers, max_length, min_length, budget = 3, 40, 6, 8
     task = SyntheticTask(num_layers, max_length, fail_on=[(20, 20, 6)])
-    cached = search.constant_rate_config(max_length, num_layers, 0.9)
+    cached = constant_rate_config(max_length, num_layers, 0.9)
     scripted = [{"x0": 30, "x1": 25, "x2": 7},
                 {f"x{i}": v for i, v in enumerate(cached)},  # measured by the sweep: not re-evaluated
                 {"x0": 20, "x1": 20, "x2": 6}]               # evaluation fails -> failed observation
@@ -394,7 +399,7 @@ def test_sigopt_resume_reuses_the_experiment_without_re_evaluating(tmp_path, sig
             raise KeyboardInterrupt
         return task(config)
 
-    baseline = {(40, 40, 40), search.constant_rate_config(40, 3, 0.9)}
+    baseline = {(40, 40, 40), constant_rate_config(40, 3, 0.9)}
     with FakeSigOpt(token="t", seed=11) as server:
         sigopt_env.setenv("SIGOPT_API_TOKEN", "t")
         sigopt_env.setenv("SIGOPT_API_URL", server.url)
@@ -420,7 +425,7 @@ def test_sigopt_refused_token_is_a_clear_error_and_keeps_rows(tmp_path, sigopt_e
             search.run_search_from_args(args, task, 3, 40, task.full_macs, tmp_path)
     assert server.url in str(info.value)
     rows = read_csv(tmp_path / "search_results.csv")
-    assert [config_of(r) for r in rows] == [(40, 40, 40), search.constant_rate_config(40, 3, 0.9)]
+    assert [config_of(r) for r in rows] == [(40, 40, 40), constant_rate_config(40, 3, 0.9)]
     assert len(task.calls) == 2
 
 
