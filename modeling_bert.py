@@ -242,8 +242,9 @@ def _flash_significance_available(query: torch.Tensor) -> bool:
 
 def flash_attention_with_significance(query, key, value, real_tokens, count_padding_queries):
     """Inference attention and exact significance from two fused (flash) attention passes, without
-    materialising the ``[B, heads, n, n]`` probabilities (on CPU several times faster than the
-    explicit softmax for narrow models such as MiniLM's 32-wide heads).
+    materialising the ``[B, heads, n, n]`` probabilities (on 2 CPU threads, 16 x 384 tokens,
+    12 heads of 32: 104 ms against 126 ms for the explicit softmax, and far less sensitive to
+    other load; SDPA alone, without significance, takes 51 ms).
 
     Significance of key j is ``sum_h sum_i P[h, i, j] = sum_h sum_i exp(s_hij - lse_hi)``: the
     normaliser of a second, transposed attention pass (keys as queries, queries as keys, each
