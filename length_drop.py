@@ -24,32 +24,51 @@ def _describe(value) -> str:
 
 def parse_length_config(value: str | Sequence[int], num_hidden_layers: int,
                         max_seq_length: int) -> tuple[int, ...]:
-    """A validated length configuration from a JSON list string or a sequence of ints.
-
-    Expected: one integer per layer, each in [1, max_seq_length], non-increasing over layers.
-    Raises ValueError saying what was expected and what was got.
-    """
-    expected = (f"a JSON list of {num_hidden_layers} integers (one per layer), non-increasing, "
-                f"each in [1, {max_seq_length}], e.g. {[max_seq_length] * num_hidden_layers}")
+    """A validated length configuration from a JSON list string or a sequence of ints: one
+    integer per layer, each in [1, max_seq_length], non-increasing over layers (the user-facing
+    rule of ``--length_config``). Raises ValueError saying what was expected and what was got."""
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
+            expected = _expected(num_hidden_layers, max_seq_length, True)
             raise ValueError(f"length config: expected {expected}; got unparsable {value!r} ({error})") from None
+    return check_length_config(value, num_hidden_layers, max_seq_length, non_increasing=True)
+
+
+def _expected(num_hidden_layers: int, max_seq_length: int | None, non_increasing: bool) -> str:
+    bound = f"each in [1, {max_seq_length}]" if max_seq_length else "each at least 1"
+    order = ", non-increasing" if non_increasing else ""
+    example = [max_seq_length or 128] * num_hidden_layers
+    return f"a JSON list of {num_hidden_layers} integers (one per layer){order}, {bound}, e.g. {example}"
+
+
+def check_length_config(value, num_hidden_layers: int, max_seq_length: int | None = None, *,
+                        non_increasing: bool = True, name: str = "length config") -> tuple[int, ...]:
+    """The one validator of length configurations; every caller chooses its rule:
+    ``--length_config`` and the search space are non-increasing and bounded by max_seq_length;
+    the model accepts any positive counts (it caps each at the tokens a layer receives, and the
+    sandwich's sub-models need nothing more); stored search rows are bounded but not ordered.
+    Returns the configuration as a tuple of ints; raises ValueError naming what was expected."""
+    expected = _expected(num_hidden_layers, max_seq_length, non_increasing)
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"length config: expected {expected}; got {_describe(value)}")
+        raise ValueError(f"{name}: expected {expected}; got {_describe(value)}")
     if len(value) != num_hidden_layers:
-        raise ValueError(f"length config: expected {expected}; got {len(value)} entries: {list(value)}")
+        raise ValueError(f"{name}: expected {expected}; got {len(value)} entries (a configuration for "
+                         f"{len(value)} layers): {list(value)}")
+    lengths = []
     for index, entry in enumerate(value):
         if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
-            raise ValueError(f"length config: expected {expected}; entry {index} is {_describe(entry)}")
-        if not 1 <= entry <= max_seq_length:
-            raise ValueError(f"length config: expected {expected}; entry {index} is {entry}, "
-                             f"outside [1, {max_seq_length}]")
-        if index and entry > value[index - 1]:
-            raise ValueError(f"length config: expected {expected}; entry {index} ({entry}) is larger "
-                             f"than entry {index - 1} ({value[index - 1]})")
-    return tuple(int(entry) for entry in value)
+            raise ValueError(f"{name}: expected {expected}; entry {index} is {_describe(entry)}")
+        entry = int(entry)
+        if entry < 1 or (max_seq_length is not None and entry > max_seq_length):
+            raise ValueError(f"{name}: expected {expected}; entry {index} is {entry}, "
+                             f"outside [1, {max_seq_length or 'inf'}]")
+        if non_increasing and lengths and entry > lengths[-1]:
+            raise ValueError(f"{name}: expected {expected}; entry {index} ({entry}) is larger "
+                             f"than entry {index - 1} ({lengths[-1]})")
+        lengths.append(entry)
+    return tuple(lengths)
 
 
 def _binomial(rng: random.Random, trials: int, prob: float) -> int:

@@ -35,6 +35,8 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.utils import ModelOutput
 
+import length_drop
+
 # Additive mask value for padded keys (transformers 3.x / TinyBERT convention).
 MASK_VALUE = -10000.0
 # Score elements per chunk in the inference attention loop (2M floats = 8 MiB).
@@ -425,11 +427,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def _checked_length_config(self, length_config):
         if length_config is None:
             return None
-        length_config = tuple(int(v) for v in length_config)
-        if len(length_config) != self.config.num_hidden_layers or min(length_config) < 1:
-            raise ValueError(f"length_config must have {self.config.num_hidden_layers} positive "
-                             f"entries (one per layer), got {length_config}")
-        return length_config
+        return length_drop.check_length_config(
+            tuple(length_config), self.config.num_hidden_layers, non_increasing=False, name="length_config")
 
     def _checked_layer_config(self, layer_config):
         layer_config = tuple(int(i) for i in layer_config)

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from errors import UsageError
 from files import atomic_write_text
+from length_drop import check_length_config
 
 from .common import CSV_COLUMNS, LengthConfig, META_JSON, RESULTS_CSV, SEARCH_FILES, SearchSpace
 
@@ -56,10 +57,11 @@ def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None"
 def _check_row_config(config: list, space: "SearchSpace") -> None:
     """A stored configuration must fit the model: one length per layer, each in [1, max]
     (the constant-rate sweep may go below --search_min_length, never below 1)."""
-    if len(config) != space.num_layers:
-        raise UsageError(f"length_config has {len(config)} layers, the model has {space.num_layers}")
-    if not all(1 <= x <= space.max_length for x in config):
-        raise UsageError(f"length_config {config} has lengths outside [1, {space.max_length}]")
+    try:
+        check_length_config(config, space.num_layers, space.max_length, non_increasing=False,
+                            name="length_config")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _rows_to_csv_text(rows: Iterable[dict]) -> str:

@@ -208,3 +208,20 @@ def test_analytic_macs_hand_count():
     assert analytic_macs(config, 10, (6, 6)) == 10 * 8 + layer0 + layer1 + 10 * 8 * 2
     # a skipped layer costs nothing
     assert analytic_macs(config, 10, (6, 6), layer_config=(0,)) == 10 * 8 + layer0 + 10 * 8 * 2
+
+
+def test_one_validator_with_each_callers_rule():
+    """check_length_config is the one validator: strict for --length_config, lenient (any
+    positive counts, any order, no upper bound) for the model, bounded but unordered for rows."""
+    from length_drop import check_length_config
+
+    assert check_length_config([500, 600, 1], 3, None, non_increasing=False) == (500, 600, 1)
+    assert check_length_config((40, 41, 10), 3, 41, non_increasing=False) == (40, 41, 10)
+    with pytest.raises(ValueError, match="larger than entry 0"):
+        check_length_config([40, 41, 10], 3, 41)
+    with pytest.raises(ValueError, match=r"outside \[1, 40\]"):
+        check_length_config([40, 41, 10], 3, 40, non_increasing=False)
+    with pytest.raises(ValueError, match=r"length_config: .* entry 2 is 0"):
+        check_length_config([3, 2, 0], 3, None, non_increasing=False, name="length_config")
+    with pytest.raises(ValueError, match="got 2 entries"):
+        check_length_config([3, 2], 3)
