@@ -59,14 +59,16 @@ def _as_numpy(logits) -> np.ndarray:
 
 
 def postprocess_predictions(examples: list, features, start_logits,
-                            end_logits, n_best_size: int = 20, max_answer_length: int = 30):
+                            end_logits, n_best_size: int = 20, max_answer_length: int = 30,
+                            with_offsets: bool = False):
     """Answer text and n-best list for every example from per-feature start/end logits [N, L].
 
     As the reference: the top ``n_best_size`` start and end positions of each window are
     paired; a pair is kept when both are context tokens, the start's window is its max-context
     window, start <= end and the span is at most ``max_answer_length`` tokens. Pairs of all
     windows of an example are ranked by start + end logit; texts are cut from the original
-    context by character offsets and de-duplicated.
+    context by character offsets and de-duplicated. ``with_offsets``: each n-best entry also
+    has the answer's character ``start`` and ``end`` in the context (None for the placeholder).
     """
     start_logits, end_logits = _as_numpy(start_logits), _as_numpy(end_logits)
     starts, ends = features.context_offsets()
@@ -105,15 +107,18 @@ def postprocess_predictions(examples: list, features, start_logits,
             if text in seen:
                 continue
             seen.add(text)
-            nbest.append({"text": text, "start_logit": s_logit[c], "end_logit": e_logit[c]})
+            nbest.append({"text": text, "start_logit": s_logit[c], "end_logit": e_logit[c],
+                          "start": char_start[c], "end": char_end[c]})
             if len(nbest) >= n_best_size:
                 break
         if not nbest:  # the reference's placeholder when no span is valid
-            nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0})
+            nbest.append({"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "start": None, "end": None})
         probs = _softmax([n["start_logit"] + n["end_logit"] for n in nbest])
         all_nbest[example.qas_id] = [
             {"text": n["text"], "probability": p, "start_logit": n["start_logit"],
-             "end_logit": n["end_logit"]} for n, p in zip(nbest, probs)]
+             "end_logit": n["end_logit"],
+             **({"start": n["start"], "end": n["end"]} if with_offsets else {})}
+            for n, p in zip(nbest, probs)]
         predictions[example.qas_id] = nbest[0]["text"]
     return predictions, all_nbest
 
