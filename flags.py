@@ -75,6 +75,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a("--length_adaptive", action="store_true", help="train with the sandwich rule (step 4)")
     a("--num_sandwich", type=int, default=2)
     a("--length_drop_ratio_bound", type=float, default=0.2)
+    a("--length_space", default="absolute", choices=["absolute", "relative"],
+      help="the sandwich's sub-models keep token counts out of --max_seq_length (absolute, the paper's) "
+      "or fractions of each batch's longest real sequence (relative: short sequences lose tokens too)")
     a("--layer_dropout_prob", type=float, default=None)
     a("--layer_dropout_bound", type=int, default=0, help="most layers a sub-model skips (LAT: a count)")
     a("--conventional_inplace_kl", action="store_true",

@@ -1,6 +1,16 @@
 """Length configurations for Drop-and-Restore: parsing, the LengthDrop samplers, the sandwich rule's
 sub-models, and MACs (analytic and measured with torchprofile).
 
+A configuration is one entry per layer, in one of two spaces:
+
+* **absolute** (the paper's, LAT's): integers, tokens kept out of the padded input, e.g.
+  ``[384, 300, 240]``. On a batch padded only to its longest sequence, a layer whose count exceeds
+  the batch's width drops nothing.
+* **relative**: keep fractions in (0, 1], e.g. ``[1.0, 0.8, 0.6]`` (JSON numbers with a decimal
+  point). Layer i keeps ``ceil(fraction_i * W)`` tokens, W being the batch's longest real
+  sequence (``resolve_length_config``); the same fraction drops the same share of a short batch
+  as of a long one, and the result does not depend on how far the batch is padded.
+
 The samplers follow the Length-Adaptive Transformer's ``drop_and_restore_utils.py`` draw for draw,
 with ``rng`` (a ``random.Random``) in place of numpy's global generator.
 """
@@ -22,11 +32,12 @@ def _describe(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def parse_length_config(value: str | Sequence[int], num_hidden_layers: int,
-                        max_seq_length: int) -> tuple[int, ...]:
-    """A validated length configuration from a JSON list string or a sequence of ints: one
-    integer per layer, each in [1, max_seq_length], non-increasing over layers (the user-facing
-    rule of ``--length_config``). Raises ValueError saying what was expected and what was got."""
+def parse_length_config(value: str | Sequence[int | float], num_hidden_layers: int,
+                        max_seq_length: int) -> tuple[int, ...] | tuple[float, ...]:
+    """A validated length configuration from a JSON list string or a sequence: one integer per
+    layer, each in [1, max_seq_length], or one keep fraction per layer, each in (0, 1];
+    non-increasing over layers (the user-facing rule of ``--length_config``). Raises ValueError
+    saying what was expected and what was got."""
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
@@ -40,7 +51,34 @@ def _expected(num_hidden_layers: int, max_seq_length: int | None, non_increasing
     bound = f"each in [1, {max_seq_length}]" if max_seq_length else "each at least 1"
     order = ", non-increasing" if non_increasing else ""
     example = [max_seq_length or 128] * num_hidden_layers
-    return f"a JSON list of {num_hidden_layers} integers (one per layer){order}, {bound}, e.g. {example}"
+    fractions = [round(1.0 - 0.1 * i, 1) for i in range(min(num_hidden_layers, 9))]
+    fractions += [fractions[-1]] * (num_hidden_layers - len(fractions))
+    return (f"a JSON list of {num_hidden_layers} integers (tokens kept per layer){order}, {bound}, "
+            f"e.g. {example}, or of {num_hidden_layers} keep fractions in (0, 1]{order}, e.g. {fractions}")
+
+
+def is_relative(length_config) -> bool:
+    """True for a configuration of keep fractions (any float entry), False for token counts."""
+    return length_config is not None and any(
+        isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) for v in length_config)
+
+
+# Fractions are applied in millionths with integer arithmetic, so that ceil(0.3 * 10) is 3 (not the
+# 4 that float rounding gives) and the same formula works on symbolic sizes under export.
+_FRACTION_UNIT = 1_000_000
+
+
+def resolve_length_config(length_config, width):
+    """Token counts for a batch whose longest real sequence has ``width`` tokens: a relative
+    configuration keeps ``max(1, ceil(fraction * width))`` per layer; an absolute one (or None) is
+    returned as it is. ``width`` may be a symbolic size (under tracing or export)."""
+    if not is_relative(length_config):
+        return length_config
+    counts = []
+    for fraction in length_config:
+        units = max(1, round(fraction * _FRACTION_UNIT))  # > 0, so a layer keeps >= 1 token
+        counts.append((units * width + _FRACTION_UNIT - 1) // _FRACTION_UNIT)
+    return tuple(counts)
 
 
 def check_length_config(value, num_hidden_layers: int, max_seq_length: int | None = None, *,
@@ -49,13 +87,17 @@ def check_length_config(value, num_hidden_layers: int, max_seq_length: int | Non
     ``--length_config`` and the search space are non-increasing and bounded by max_seq_length;
     the model accepts any positive counts (it caps each at the tokens a layer receives, and the
     sandwich's sub-models need nothing more); stored search rows are bounded but not ordered.
-    Returns the configuration as a tuple of ints; raises ValueError naming what was expected."""
+    A configuration with any float entry is relative (keep fractions, each in (0, 1]).
+    Returns the configuration as a tuple of ints (or of floats when relative); raises ValueError
+    naming what was expected."""
     expected = _expected(num_hidden_layers, max_seq_length, non_increasing)
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{name}: expected {expected}; got {_describe(value)}")
     if len(value) != num_hidden_layers:
         raise ValueError(f"{name}: expected {expected}; got {len(value)} entries (a configuration for "
                          f"{len(value)} layers): {list(value)}")
+    if is_relative(value):
+        return _check_fractions(value, expected, non_increasing, name)
     lengths = []
     for index, entry in enumerate(value):
         if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
@@ -69,6 +111,22 @@ def check_length_config(value, num_hidden_layers: int, max_seq_length: int | Non
                              f"than entry {index - 1} ({lengths[-1]})")
         lengths.append(entry)
     return tuple(lengths)
+
+
+def _check_fractions(value, expected: str, non_increasing: bool, name: str) -> tuple[float, ...]:
+    fractions = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Real):
+            raise ValueError(f"{name}: expected {expected}; entry {index} is {_describe(entry)}")
+        entry = float(entry)
+        if not 0 < entry <= 1:  # also refuses nan
+            raise ValueError(f"{name}: expected {expected}; entry {index} is {entry}, a keep fraction "
+                             f"outside (0, 1] (integers and fractions cannot be mixed)")
+        if non_increasing and fractions and entry > fractions[-1]:
+            raise ValueError(f"{name}: expected {expected}; entry {index} ({entry}) is larger "
+                             f"than entry {index - 1} ({fractions[-1]})")
+        fractions.append(entry)
+    return tuple(fractions)
 
 
 def _binomial(rng: random.Random, trials: int, prob: float) -> int:
@@ -127,18 +185,41 @@ class SubModel:
     """One sub-model of a sandwich-rule training step."""
 
     kind: str                               # "full", "smallest" or "random"
-    length_config: tuple[int, ...] | None   # None: full length
+    length_config: tuple[int, ...] | tuple[float, ...] | None   # None: full length
     layer_config: tuple[int, ...]
+
+
+def sample_relative_length_configuration(num_hidden_layers: int, layer_config: Sequence[int] | None = None,
+                                         length_drop_ratio: float | None = None,
+                                         length_drop_ratio_bound: float | None = None,
+                                         rng: random.Random | None = None) -> tuple[float, ...]:
+    """Keep fractions per layer, LAT's ratio draws in fraction space: starting from 1.0, each layer
+    in ``layer_config`` (all if None) multiplies the current fraction by ``1 - length_drop_ratio``
+    or by a factor uniform on ``[1 - length_drop_ratio_bound, 1]``; skipped layers keep it.
+    Fractions are rounded to 4 decimals (readable logs; far finer than a token)."""
+    rng = rng or random
+    fraction = 1.0
+    fractions = []
+    for layer in range(num_hidden_layers):
+        if layer_config is None or layer in layer_config:
+            if length_drop_ratio is not None:
+                fraction *= 1 - length_drop_ratio
+            elif length_drop_ratio_bound is not None:
+                fraction *= rng.uniform(1 - length_drop_ratio_bound, 1.0)
+        fractions.append(max(round(fraction, 4), 1e-4))
+    return tuple(fractions)
 
 
 def sandwich_configurations(num_hidden_layers: int, max_seq_length: int, num_sandwich: int,
                             length_drop_ratio_bound: float, layer_dropout_prob: float | None = None,
                             layer_dropout_bound: int | None = None,
-                            rng: random.Random | None = None) -> list[SubModel]:
+                            rng: random.Random | None = None, relative: bool = False) -> list[SubModel]:
     """The sub-models of one LengthDrop training step, in the reference's order (and draw order):
     the full model (LayerDrop only if ``layer_dropout_prob``), the smallest (every layer drops
     ``length_drop_ratio_bound``; ``layer_dropout_bound`` last layers dropped), then
-    ``num_sandwich`` random ones (lengths uniform within the bound, layer drop count random)."""
+    ``num_sandwich`` random ones (lengths uniform within the bound, layer drop count random).
+    ``relative``: sub-models get keep fractions (``sample_relative_length_configuration``), so
+    they drop real tokens of short sequences too; else token counts out of ``max_seq_length``."""
     rng = rng or random
     full_layers = sample_layer_configuration(num_hidden_layers, layer_dropout_prob, layer_dropout=0, rng=rng)
     models = [SubModel("full", None, full_layers)]
@@ -148,10 +229,15 @@ def sandwich_configurations(num_hidden_layers: int, max_seq_length: int, num_san
             num_hidden_layers, layer_dropout_prob,
             layer_dropout=layer_dropout_bound if smallest else None,
             layer_dropout_bound=layer_dropout_bound, rng=rng)
-        lengths = sample_length_configuration(
-            max_seq_length, num_hidden_layers, layers,
-            length_drop_ratio=length_drop_ratio_bound if smallest else None,
-            length_drop_ratio_bound=length_drop_ratio_bound, rng=rng)
+        if relative:
+            lengths = sample_relative_length_configuration(
+                num_hidden_layers, layers, length_drop_ratio=length_drop_ratio_bound if smallest else None,
+                length_drop_ratio_bound=length_drop_ratio_bound, rng=rng)
+        else:
+            lengths = sample_length_configuration(
+                max_seq_length, num_hidden_layers, layers,
+                length_drop_ratio=length_drop_ratio_bound if smallest else None,
+                length_drop_ratio_bound=length_drop_ratio_bound, rng=rng)
         models.append(SubModel("smallest" if smallest else "random", lengths, layers))
     return models
 
@@ -208,7 +294,9 @@ def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None =
     additions, token selection and restore count 0. Per executed layer with ``n`` tokens in and
     ``k`` kept: Q/K/V + attention output projections ``4 n H^2``, scores and context ``2 n^2 H``,
     attention LayerNorm ``n H``, feed-forward ``2 k H I`` + activation + LayerNorm ``k H``. Plus the
-    embedding LayerNorm ``L H`` and the QA head ``L H num_labels`` at full length."""
+    embedding LayerNorm ``L H`` and the QA head ``L H num_labels`` at full length. A relative
+    configuration is resolved at ``seq_length`` (the sequence is its own longest)."""
+    length_config = resolve_length_config(length_config, seq_length)
     hidden, inter = config.hidden_size, config.intermediate_size
     act = activation_macs_per_element(config.hidden_act)
     macs = seq_length * hidden  # embedding LayerNorm

@@ -65,7 +65,7 @@ class QAOutput(ModelOutput):
 class ForwardOptions:
     """What one forward pass computes and returns, beyond the logits (keyword-only everywhere)."""
 
-    length_config: tuple[int, ...] | None = None  # tokens kept per layer; None: full length
+    length_config: tuple[int, ...] | None = None  # tokens kept per layer (resolved); None: full length
     layers_to_run: frozenset[int] | None = None   # LayerDrop; None: every layer
     output_hidden_states: bool = False
     output_attentions: bool = False
@@ -138,6 +138,16 @@ def real_tokens_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return real_tokens
     return None if bool(real_tokens.all()) else real_tokens
+
+
+def longest_real_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """The batch's longest real sequence, which relative configurations are fractions of. Under
+    tracing or export it is the input's width (a shape, so the graph stays data-independent):
+    exported graphs therefore expect batches padded to their longest, as inference.py makes them."""
+    width = input_ids.size(1)
+    if attention_mask is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return width
+    return max(1, int(attention_mask.sum(dim=1).max()))
 
 
 class BertSelfAttention(nn.Module):
@@ -452,9 +462,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         return_dict: bool = True,
         always_keep_cls_token: bool | None = None,
     ) -> QAOutput | tuple:
-        """Span logits for every input position. ``length_config[i]``: tokens kept by layer i
-        (absolute, out of the padded length; capped at the tokens the layer receives)."""
+        """Span logits for every input position. ``length_config[i]``: tokens kept by layer i,
+        absolute (out of the padded length; capped at the tokens the layer receives) or a keep
+        fraction of the batch's longest real sequence (``length_drop.resolve_length_config``)."""
         length_config = self.length_config if length_config is None else self._checked_length_config(length_config)
+        if length_drop.is_relative(length_config):
+            length_config = length_drop.resolve_length_config(
+                length_config, longest_real_length(input_ids, attention_mask))
         layer_config = self.layer_config if layer_config is None else self._checked_layer_config(layer_config)
         if always_keep_cls_token is None:
             always_keep_cls_token = bool(getattr(self.config, "always_keep_cls_token", False))

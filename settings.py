@@ -83,6 +83,7 @@ class SandwichSettings:
     length_adaptive: bool
     num_sandwich: int
     length_drop_ratio_bound: float
+    length_space: str                      # "absolute" or "relative" sub-model configurations
     layer_dropout_prob: float | None
     layer_dropout_bound: int
     sandwich_full_weight: float | None
@@ -298,6 +299,9 @@ def check_numbers(args) -> None:
     for flag in ("state_loss_ratio", "att_loss_ratio"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag} must be >= 0 (0 turns the loss off), got {getattr(args, flag)}")
+    if args.length_space != "absolute" and not args.length_adaptive:
+        raise UsageError(f"--length_space {args.length_space} chooses the sandwich's sub-models: it needs "
+                         "--length_adaptive")
     if args.sandwich_full_weight is not None:
         if not args.length_adaptive:
             raise UsageError("--sandwich_full_weight weights the sandwich: it needs --length_adaptive")

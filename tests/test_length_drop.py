@@ -44,7 +44,10 @@ def test_parse_accepts_json_and_sequences():
         ('"384"', "str"),
         ("[384, 320]", "got 2 entries"),
         ("[384, 320, true]", "bool"),
-        ("[384, 320.0, 256]", "float"),
+        ("[384, 320.0, 256]", "cannot be mixed"),
+        ("[1.0, 0.5, 1.5]", "outside \\(0, 1\\]"),
+        ("[1.0, 0.5, 0.0]", "outside \\(0, 1\\]"),
+        ("[1.0, 0.5, 0.6]", "larger than entry 1"),
         ('[384, "320", 256]', "str"),
         ("[384, null, 256]", "NoneType"),
         ("[384, 320, 330]", "larger than entry 1"),
@@ -225,3 +228,29 @@ def test_one_validator_with_each_callers_rule():
         check_length_config([3, 2, 0], 3, None, non_increasing=False, name="length_config")
     with pytest.raises(ValueError, match="got 2 entries"):
         check_length_config([3, 2], 3)
+
+
+def test_relative_configurations_resolve_by_ceiling_in_exact_arithmetic():
+    from length_drop import is_relative, resolve_length_config
+
+    assert resolve_length_config((1.0, 0.3, 0.25, 0.01), 10) == (10, 3, 3, 1)  # 0.3*10 is 3, not ceil(3.0000000000000004)
+    assert resolve_length_config((384, 200), 10) == (384, 200)  # absolute: unchanged
+    assert is_relative((1.0, 0.5)) and is_relative((1, 0.5)) and not is_relative((1, 1))
+    assert parse_length_config("[1, 0.8, 0.5]", 3, 384) == (1.0, 0.8, 0.5)
+
+
+def test_relative_sandwich_draws_fractions_within_the_bound():
+    rng = random.Random(0)
+    for _ in range(50):
+        models = sandwich_configurations(4, 384, 2, 0.2, rng=rng, relative=True)
+        assert models[0].length_config is None
+        smallest = models[1].length_config
+        assert smallest == pytest.approx([0.8, 0.64, 0.512, 0.4096], abs=1e-4)
+        for sub in models[2:]:
+            previous = 1.0
+            for fraction in sub.length_config:
+                assert previous * 0.8 - 1e-4 <= fraction <= previous + 1e-4
+                previous = fraction
+    config = tiny_bert_config(50, num_hidden_layers=2)
+    # MACs of a relative configuration: those of its token counts at the sequence's own length.
+    assert analytic_macs(config, 20, (1.0, 0.5)) == analytic_macs(config, 20, (20, 10))
