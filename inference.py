@@ -200,7 +200,8 @@ def run(args) -> None:
         raise UsageError("--input needs --output")
     if single and (not (args.question or "").strip() or not (args.context or "").strip()):
         raise UsageError("empty " + ("question" if not (args.question or "").strip() else "context"))
-    examples = utils_squad.read_squad_examples(args.input, is_training=False) if args.input else None
+    examples = (utils_squad.read_squad_examples(args.input, is_training=False, require_answers=False)
+                if args.input else None)
     if examples is not None and not examples:
         raise UsageError(f"--input {args.input}: no questions")
     qa = QuestionAnswerer.from_pretrained(

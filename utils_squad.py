@@ -79,8 +79,8 @@ def _field(obj: Any, key: str, kind: type | tuple, path, place: str) -> Any:
     return value
 
 
-def _reject_squad2(qa: dict, answers: list, path, place: str) -> None:
-    if qa.get("is_impossible") or "plausible_answers" in qa or not answers:
+def _reject_squad2(qa: dict, answers: list, path, place: str, require_answers: bool = True) -> None:
+    if qa.get("is_impossible") or "plausible_answers" in qa or (require_answers and not answers):
         raise SquadFormatError(f"{path}: {place}: unanswerable question (SQuAD 2.0 data); "
                                "only SQuAD 1.1 is supported")
 
@@ -127,7 +127,7 @@ def _parse_answers(answers: list, path, place: str) -> list[dict]:
     return parsed
 
 
-def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
+def _parse_examples(data: Any, path, is_training: bool, require_answers: bool = True) -> list[SquadExample]:
     """Validate a parsed SQuAD v1.1 JSON and turn it into examples (file order)."""
     articles = _field(data, "data", list, path, "top level")
     examples, misaligned, seen_ids = [], [], set()
@@ -143,8 +143,11 @@ def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
                 place = f"{place_p}.qas[{q}]"
                 qas_id = _field(qa, "id", str, path, place)
                 question = _field(qa, "question", str, path, place)
-                answers = _field(qa, "answers", list, path, place)
-                _reject_squad2(qa, answers, path, place)
+                if require_answers or "answers" in qa:
+                    answers = _field(qa, "answers", list, path, place)
+                else:
+                    answers = []  # questions to answer (inference): no gold needed
+                _reject_squad2(qa, answers, path, place, require_answers)
                 if qas_id in seen_ids:
                     raise SquadFormatError(f"{path}: {place}.id: duplicate question id {qas_id!r}")
                 seen_ids.add(qas_id)
@@ -164,15 +167,19 @@ def _parse_examples(data: Any, path, is_training: bool) -> list[SquadExample]:
     return examples
 
 
-def read_squad_examples(path, is_training: bool) -> list[SquadExample]:
+def read_squad_examples(path, is_training: bool, require_answers: bool = True) -> list[SquadExample]:
     """Read a SQuAD v1.1 JSON file into examples, one per question, in file order.
 
     Raises SquadFormatError (naming the file and the place) for a missing file, a file that is
     not JSON or not SQuAD, and for SQuAD 2.0 data. For training, questions whose first answer
     does not match the context are skipped with one warning listing their ids.
+    ``require_answers=False`` (inference on new questions) accepts questions without "answers"
+    or with an empty list; training always needs them.
     """
+    if is_training and not require_answers:
+        raise ValueError("training needs gold answers (require_answers=True)")
     _, data = _read_squad_json(path)
-    return _parse_examples(data, path, is_training)
+    return _parse_examples(data, path, is_training, require_answers)
 
 
 # --------------------------------------------------------------------------------------------

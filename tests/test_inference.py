@@ -130,3 +130,28 @@ def test_cli_errors_are_one_line(ws, tmp_path):
     assert "empty question" in error_line(run_cli("--model", ws["model"], "--question", " ", "--context", "C."))
     assert "empty context" in error_line(run_cli("--model", ws["model"], "--question", "Q?", "--context", ""))
     assert not (tmp_path / "p.json").exists()
+
+
+def test_cli_answers_a_file_without_gold_answers(ws, tmp_path):
+    """Questions to answer need no "answers": the predictions equal those for the same file with
+    its gold answers (which inference never reads)."""
+    dev = ws["squad"] / "dev-v1.1.json"
+    data = json.loads(dev.read_text())
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for i, qa in enumerate(paragraph["qas"]):
+                if i % 2:
+                    del qa["answers"]
+                else:
+                    qa["answers"] = []
+    bare = tmp_path / "questions.json"
+    bare.write_text(json.dumps(data))
+    outputs = []
+    for source in (dev, bare):
+        out = tmp_path / f"{source.stem}.predictions.json"
+        proc = run_cli("--model", ws["model"], "--input", source, "--output", out, *LENGTHS)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(json.loads(out.read_text()))
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 3
+    with pytest.raises(utils_squad.SquadFormatError, match="answers"):
+        utils_squad.read_squad_examples(bare, is_training=False)  # evaluation still needs gold
