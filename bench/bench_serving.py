@@ -1,0 +1,308 @@
+"""Serving benchmark (issue 12): our length-adaptive model against what a user runs instead.
+
+On one trained checkpoint and the same dev questions, every system answers the questions and is
+timed side by side (interleaved repeats, medians) at each thread count and batch size:
+
+  transformers (SDPA, the checkpoint loaded by ``transformers.BertForQuestionAnswering``):
+    padded to 384 in file order (the paper's baseline); each batch padded to its longest, file
+    order; batches sorted by length, padded to their longest;
+    ONNX Runtime fp32 and ONNX Runtime dynamic int8 (``quantize_dynamic`` with its defaults) of
+    transformers' model exported with ``torch.onnx.export``, sorted; torch ``quantize_dynamic``
+    int8 (``nn.Linear``), sorted;
+  ours (``inference.QuestionAnswerer``, sorted, longest-padded): each ``--config`` (full length,
+    absolute and relative configurations) with the torch backend (fp32), ONNX Runtime fp32 and
+    ONNX Runtime int8 (``--int8``).
+
+F1 and EM (the official metric) come from one pass over all the questions per system and batch
+size (relative configurations resolve per batch, so batch 1 and 32 can differ); times come from
+the first ``--time_features`` features (sorted systems sort within them). Speedups are given
+against transformers sorted + longest (what a user would pick) and against padding to 384.
+
+    python bench/bench_serving.py --model DIR --dev_file ../shared/squad/dev-v1.1.json \\
+        --max_questions 500 --config full --config 'abs:[...]' --config 'rel:[...]' \\
+        --threads 1,2 --batch_sizes 1,32 --output bench/results/serving.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import transformers
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import files  # noqa: E402
+import postprocess  # noqa: E402
+import utils_squad  # noqa: E402
+from evaluate_squad import evaluate_answers  # noqa: E402
+from inference import QuestionAnswerer  # noqa: E402
+from length_drop import is_relative  # noqa: E402
+
+PAD_LOGIT = -np.inf
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray          # feature indices
+    inputs: dict              # input_ids, attention_mask, token_type_ids (torch, int64)
+
+
+@dataclass
+class System:
+    name: str
+    family: str               # "transformers" or "ours"
+    order: str                # "file" or "sorted"
+    pad: str                  # "max" or "longest"
+    run: Callable[[dict], tuple]   # inputs -> (start_logits, end_logits) numpy
+    length_config: object = None
+
+
+def make_batches(features, rows: np.ndarray, batch_size: int, order: str, pad: str) -> list[Batch]:
+    lengths = features.attention_mask[rows].sum(1).numpy()
+    if order == "sorted":
+        rows = rows[np.argsort(-lengths, kind="stable")]
+    width = features.input_ids.shape[1]
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        index = rows[i:i + batch_size]
+        w = width if pad == "max" else int(features.attention_mask[index].sum(1).max())
+        batches.append(Batch(index, {"input_ids": features.input_ids[index, :w],
+                                     "attention_mask": features.attention_mask[index, :w],
+                                     "token_type_ids": features.token_type_ids[index, :w]}))
+    return batches
+
+
+def run_all(system: System, batches: list[Batch], n: int, width: int):
+    starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, PAD_LOGIT)
+    for batch in batches:
+        s, e = system.run(batch.inputs)
+        w = s.shape[1]
+        starts[batch.rows, :w], ends[batch.rows, :w] = s, e
+    return starts, ends
+
+
+# ---- systems ---------------------------------------------------------------------------------
+
+def torch_runner(model, **kwargs):
+    @torch.inference_mode()
+    def run(inputs):
+        out = model(**inputs, **kwargs)
+        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
+    return run
+
+
+def ort_runner(path, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs):
+        start, end = session.run(None, {k: inputs[k].numpy() for k in names})
+        return start, end
+    return run
+
+
+def export_transformers_onnx(model, path: Path) -> None:
+    """transformers' model as a user exports it: torch.onnx.export, dynamic batch and sequence."""
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    example = tuple(torch.ones(2, 16, dtype=torch.long) for _ in range(3))
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(Logits().eval(), example, str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=["start_logits", "end_logits"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                                    "start_logits": axes, "end_logits": axes})
+
+
+def quantize_onnx(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+def baseline_systems(model_dir: Path, threads: int, workdir: Path) -> list[System]:
+    hf = transformers.BertForQuestionAnswering.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    fp32, int8 = workdir / "transformers.onnx", workdir / "transformers.int8.onnx"
+    if not fp32.is_file():
+        with torch.no_grad():
+            export_transformers_onnx(hf, fp32)
+        quantize_onnx(fp32, int8)
+    torch_int8 = torch.ao.quantization.quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8)
+    run_hf = torch_runner(hf)
+    return [
+        System("transformers, padded to 384", "transformers", "file", "max", run_hf),
+        System("transformers, longest, file order", "transformers", "file", "longest", run_hf),
+        System("transformers, sorted + longest", "transformers", "sorted", "longest", run_hf),
+        System("ONNX Runtime fp32, sorted", "transformers", "sorted", "longest", ort_runner(fp32, threads)),
+        System("ONNX Runtime int8, sorted", "transformers", "sorted", "longest", ort_runner(int8, threads)),
+        System("torch quantize_dynamic int8, sorted", "transformers", "sorted", "longest",
+               torch_runner(torch_int8)),
+    ]
+
+
+def parse_config(text: str):
+    """'full', 'NAME:JSON' -> (name, config or None)."""
+    if text == "full":
+        return "full length", None
+    name, _, value = text.partition(":")
+    if not value:
+        raise SystemExit(f"--config {text!r}: expected 'full' or NAME:JSON, e.g. 'rel:[1.0, 0.8, 0.6]'")
+    return name, json.loads(value)
+
+
+def our_systems(model_dir: Path, configs, backends, threads: int, workdir: Path) -> list[System]:
+    """Ours, per configuration and backend, through the inference module's own API."""
+    systems = []
+    for name, config in configs:
+        for backend in backends:
+            qa = our_answerer(model_dir, config, backend, threads, workdir)
+            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest",
+                                  qa.backend_logits if hasattr(qa, "backend_logits") else _torch_run(qa),
+                                  config))
+    return systems
+
+
+def _torch_run(qa):
+    return torch_runner(qa.model, length_config=qa.length_config)
+
+
+def our_answerer(model_dir, config, backend, threads, workdir):
+    if backend == "torch":
+        return QuestionAnswerer.from_pretrained(model_dir, length_config=config, threads=threads)
+    raise SystemExit(f"backend {backend!r} is not available in this version of inference.py")
+
+
+# ---- measuring -------------------------------------------------------------------------------
+
+def time_systems(systems, batches_of, repeats: int, desc: str) -> dict:
+    for system in systems:  # warm-up
+        for batch in batches_of[system.name]:
+            system.run(batch.inputs)
+    times = {s.name: [] for s in systems}
+    for _ in tqdm(range(repeats), desc=desc, leave=False):
+        for system in systems:
+            start = time.perf_counter()
+            for batch in batches_of[system.name]:
+                system.run(batch.inputs)
+            times[system.name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def score(system, examples, features, gold, batch_size) -> dict:
+    n, width = features.input_ids.shape
+    batches = make_batches(features, np.arange(n), batch_size, system.order, system.pad)
+    starts, ends = run_all(system, batches, n, width)
+    predictions, _ = postprocess.postprocess_predictions(examples, features, starts, ends, 20, 30)
+    return evaluate_answers(gold, predictions)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--dev_file", required=True)
+    p.add_argument("--max_questions", type=int, default=500)
+    p.add_argument("--config", action="append", default=None,
+                   help="'full' or NAME:JSON (repeatable); default: full only")
+    p.add_argument("--backends", default="torch", help="ours: comma list of torch, onnxruntime, int8")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--batch_sizes", default="1,32")
+    p.add_argument("--time_features", type=int, default=128, help="features timed at batch > 1")
+    p.add_argument("--time_features_batch1", type=int, default=32, help="features timed at batch 1")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=None, help="ONNX files (default: a temporary folder)")
+    p.add_argument("--output", default=None, help="results JSON")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads_list = [int(t) for t in args.threads.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    configs = [parse_config(c) for c in (args.config or ["full"])]
+    backends = args.backends.split(",")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    torch.set_num_threads(max(threads_list))
+    probe = QuestionAnswerer.from_pretrained(args.model)
+    examples = utils_squad.read_squad_examples(args.dev_file, is_training=False)[:args.max_questions]
+    features = probe.features(examples)
+    gold = {ex.qas_id: [a["text"] for a in ex.answers] for ex in examples}
+    n = len(features.input_ids)
+    lengths = features.attention_mask.sum(1).float()
+    print(f"{len(examples)} questions, {n} features, mean {lengths.mean():.0f} real tokens of "
+          f"{features.input_ids.shape[1]}")
+
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        systems = baseline_systems(args.model, threads, workdir) + our_systems(
+            args.model, configs, backends, threads, workdir)
+        for batch_size in batch_sizes:
+            timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
+            batches_of = {s.name: make_batches(features, timed, batch_size, s.order, s.pad) for s in systems}
+            seconds = time_systems(systems, batches_of, args.repeats, f"{threads} threads, batch {batch_size}")
+            sorted_base = seconds["transformers, sorted + longest"]
+            padded_base = seconds["transformers, padded to 384"]
+            for system in systems:
+                # Logits depend on the batching only through relative configurations (resolved per
+                # batch); other systems are scored once, at the largest batch size.
+                needs_score = threads == threads_list[-1] and (
+                    batch_size == max(batch_sizes) or is_relative(system.length_config))
+                metrics = score(system, examples, features, gold, batch_size) if needs_score else {}
+                rows.append(dict(system=system.name, family=system.family, threads=threads,
+                                 batch_size=batch_size, length_config=system.length_config,
+                                 seconds=seconds[system.name], timed_features=len(timed),
+                                 speedup_vs_sorted=sorted_base / seconds[system.name],
+                                 speedup_vs_padded=padded_base / seconds[system.name], **metrics))
+    # Threads do not change logits: copy each system's score to the rows not scored.
+    scored = {(r["system"], r["batch_size"]): r for r in rows if "f1" in r}
+    for r in rows:
+        if "f1" not in r:
+            source = scored.get((r["system"], r["batch_size"])) or scored[(r["system"], max(batch_sizes))]
+            r.update({k: source[k] for k in ("f1", "exact_match")})
+    print_table(rows)
+    if args.output:
+        files.atomic_write_json(args.output, dict(
+            command=" ".join(sys.argv), torch=torch.__version__, transformers=transformers.__version__,
+            questions=len(examples), features=n, mean_real_tokens=float(lengths.mean()), rows=rows))
+        print(f"wrote {args.output}")
+
+
+def print_table(rows):
+    header = (f"{'system':<46} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs 384':>7} "
+              f"{'F1':>6} {'EM':>6}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['system']:<46} {r['threads']:>3} {r['batch_size']:>5} "
+              f"{1e3 * r['seconds'] / r['timed_features']:>8.2f} {r['speedup_vs_sorted']:>9.2f} "
+              f"{r['speedup_vs_padded']:>7.2f} {r['f1']:>6.2f} {r['exact_match']:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
