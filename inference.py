@@ -27,10 +27,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+import evaluation
 import files
 import length_drop
 import postprocess
@@ -40,7 +39,7 @@ from loading import load_model_checked, load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
-PAD_LOGIT = -np.inf  # positions past a batch's width: never in the n-best
+PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 
 
 def check_model_folder(folder) -> Path:
@@ -107,27 +106,14 @@ class QuestionAnswerer:
             examples, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length,
             is_training=False)
 
-    @torch.no_grad()
     def logits(self, features, progress: bool = False):
         """Start/end logits [N, max_seq_length] in the features' order. Features are run longest
-        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT."""
-        n, width = features.input_ids.shape
-        starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
-        ends = np.full_like(starts, PAD_LOGIT)
-        lengths = features.attention_mask.sum(1)
-        order = torch.argsort(-lengths, stable=True)
-        batches = range(0, n, self.batch_size)
-        for i in tqdm(batches, desc="batches", disable=not progress or len(batches) < 2):
-            index = order[i:i + self.batch_size]
-            w = width if self.pad_to_max_length else int(lengths[index].max())
-            out = self.model(input_ids=features.input_ids[index, :w].to(self.device),
-                             attention_mask=features.attention_mask[index, :w].to(self.device),
-                             token_type_ids=features.token_type_ids[index, :w].to(self.device),
-                             length_config=self.length_config)
-            rows = index.numpy()
-            starts[rows, :w] = out.start_logits.float().cpu().numpy()
-            ends[rows, :w] = out.end_logits.float().cpu().numpy()
-        return starts, ends
+        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT
+        (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
+        configurations on)."""
+        forward = evaluation.torch_forward(self.model, self.device, self.length_config)
+        out = evaluation.sorted_batch_logits(forward, features, self.batch_size, self.pad_to_max_length, progress)
+        return out.starts, out.ends
 
     # ---- answers ------------------------------------------------------------------------------
 
