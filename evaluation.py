@@ -82,14 +82,20 @@ def sorted_batches(attention_mask: torch.Tensor, batch_size: int, pad_to_max_len
 
 @torch.no_grad()
 def sorted_batch_logits(forward: Forward, features, batch_size: int, pad_to_max_length: bool = False,
-                        progress: bool = False) -> SortedLogits:
+                        progress: bool = False, warm_up: bool = False) -> SortedLogits:
     """Start/end logits of every feature, in the features' order, run on ``sorted_batches``. The
     one batching of ``inference.QuestionAnswerer`` and of the evaluation of relative
-    configurations, so both give the same answers. ``forward`` runs the model (any backend)."""
+    configurations, so both give the same answers. ``forward`` runs the model (any backend).
+    ``warm_up``: run the first batch once, untimed, before the timed pass (a configuration's
+    first forward pays one-time costs: on a CPU the first call took 15x a later one)."""
     n, width = features.input_ids.shape
     starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
     ends = np.full_like(starts, PAD_LOGIT)
     plan = sorted_batches(features.attention_mask, batch_size, pad_to_max_length)
+    if warm_up and plan:
+        index, w = plan[0]
+        _to_numpy(forward(features.input_ids[index, :w], features.attention_mask[index, :w],
+                          features.token_type_ids[index, :w])[0])
     seconds = 0.0
     for index, w in tqdm(plan, desc="batches", disable=not progress or len(plan) < 2):
         args = (features.input_ids[index, :w], features.attention_mask[index, :w],
@@ -170,11 +176,19 @@ class DevEvaluator:
         if batching == "sorted":
             model.eval()
             out = sorted_batch_logits(torch_forward(model, self.device, length_config, settings.precision),
-                                      self.features, settings.per_gpu_eval_batch_size)
+                                      self.features, settings.per_gpu_eval_batch_size, warm_up=True)
             return out.starts, out.ends, out.forward_seconds, batching
         start = time.perf_counter()
         starts, ends = predict_logits(settings, model, self.features, self.device, length_config)
         return starts, ends, time.perf_counter() - start, batching
+
+    def warm_up(self, model) -> None:
+        """One untimed pass of the full-length model over every sorted batch, so that the first
+        configuration timed does not pay the process's one-time costs per batch shape (on a CPU
+        the first pass took several times a later one)."""
+        model.eval()
+        forward = torch_forward(model, self.device, None, self.settings.precision)
+        sorted_batch_logits(forward, self.features, self.settings.per_gpu_eval_batch_size)
 
     def __call__(self, model, length_config=None, write_predictions=True) -> dict:
         settings = self.settings
