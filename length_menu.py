@@ -17,6 +17,7 @@ docs/search.md ("The length menu").
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -144,7 +145,9 @@ def write_menu(menu: dict, path: Path, fallback_dir: Path | None = None) -> Path
     try:
         files.atomic_write_json(path, menu)
         return path
-    except PermissionError as err:  # read-only model folder: keep the menu beside the search's files
+    except OSError as err:  # a read-only model folder: keep the menu beside the search's files
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise  # a full disk and the like: run_squad says so
         if fallback_dir is None:
             raise UsageError(f"cannot write the length menu {path} ({err})") from None
         fallback = Path(fallback_dir) / MENU_FILE

@@ -204,3 +204,21 @@ def test_menu_of_other_weights_or_none_is_refused(model_dir, tmp_path):
     proc = run_cli("--model", model_dir, *QUESTION, "--max_f1_drop", "1")
     assert proc.returncode == 2 and "run-sigopt-search.sh" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_read_only_model_folder_falls_back_to_the_output_dir(tmp_path, monkeypatch):
+    import errno
+
+    import files
+
+    real = files.atomic_write_json
+
+    def refuse_model_folder(path, obj):
+        if "model" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real(path, obj)
+
+    monkeypatch.setattr(files, "atomic_write_json", refuse_model_folder)
+    written = length_menu.write_menu(MENU, tmp_path / "model" / "length_configs.json", tmp_path / "out")
+    assert written == tmp_path / "out" / "length_configs.json"
+    assert length_menu.load_menu(written, 3).full.f1 == 80.0
