@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -214,7 +215,7 @@ def test_read_only_model_folder_falls_back_to_the_output_dir(tmp_path, monkeypat
     real = files.atomic_write_json
 
     def refuse_model_folder(path, obj):
-        if "model" in str(path):
+        if Path(path).parent.name == "model":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         real(path, obj)
 
