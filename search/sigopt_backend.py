@@ -13,7 +13,7 @@ from tqdm import tqdm
 from errors import SearchBackendError, UsageError
 from files import atomic_write_text
 
-from .common import Units, SIGOPT_STATE_JSON, SearchSpace
+from .common import SIGOPT_STATE_JSON, SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
 
