@@ -4,6 +4,7 @@ uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -25,6 +26,17 @@ logger = logging.getLogger("run_squad")
 def unwrap(model):
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of a model: what a
+    search's rows and a length menu were measured on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,

@@ -3,6 +3,11 @@
     qa = QuestionAnswerer.from_pretrained("output/step3", length_config=[260, 220, 180, 140, 100, 60])
     qa.answer("Who wrote it?", context)     # {"answer", "score", "start", "end"}
     qa.answer_batch([(question, context), ...])
+    qa = QuestionAnswerer.from_pretrained("output/step4", speedup=2.0)   # from the model's length menu
+
+``speedup=X`` / ``max_f1_drop=D`` (``--speedup``, ``--max_f1_drop``) choose a configuration from the
+menu the search stored with the checkpoint (``length_menu.py``): the most accurate one at least X
+times faster than full length, or the fastest within D F1 points of it.
 
 Contexts longer than ``max_seq_length`` are cut into the training windows
 (``utils_squad.convert_examples_to_features``); answers are chosen by the evaluation's n-best rules
@@ -27,12 +32,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+import evaluation
 import files
 import length_drop
+import length_menu
 import postprocess
 import utils_squad
 from errors import PROJECT_ERRORS, UsageError, exit_code
@@ -40,7 +45,7 @@ from loading import load_model_checked, load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
-PAD_LOGIT = -np.inf  # positions past a batch's width: never in the n-best
+PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 
 
 def check_model_folder(folder) -> Path:
@@ -80,11 +85,15 @@ class QuestionAnswerer:
         self.n_best_size, self.max_answer_length, self.batch_size = n_best_size, max_answer_length, batch_size
         self.pad_to_max_length = pad_to_max_length
         self.length_config = checked_length_config(length_config, model.config.num_hidden_layers, max_seq_length)
+        self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
     def from_pretrained(cls, folder, length_config=None, max_seq_length=384, doc_stride=128,
                         max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32,
-                        device="cpu", threads=None, pad_to_max_length=False) -> "QuestionAnswerer":
+                        device="cpu", threads=None, pad_to_max_length=False, speedup=None, max_f1_drop=None,
+                        menu=None) -> "QuestionAnswerer":
+        """``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
+        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
         if threads is not None:
             if threads < 1:
                 raise UsageError(f"--threads must be at least 1, got {threads}")
@@ -95,10 +104,17 @@ class QuestionAnswerer:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UsageError(f"--model {folder}: unreadable config.json ({err})") from None
         checked_length_config(length_config, layers, max_seq_length)
+        choice = length_menu.pick(path, layers, length_config, speedup, max_f1_drop, menu)
+        if choice is not None:
+            length_config = checked_length_config(choice.entry.length_config, layers, max_seq_length)
         model = load_model_checked(str(folder), "--model")
+        if choice is not None:
+            length_menu.check_choice_fits(choice, model, max_seq_length, doc_stride, max_query_length, batch_size)
         tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
-        return cls(model, tokenizer, length_config, max_seq_length, doc_stride, max_query_length,
-                   n_best_size, max_answer_length, batch_size, device, pad_to_max_length)
+        qa = cls(model, tokenizer, length_config, max_seq_length, doc_stride, max_query_length,
+                 n_best_size, max_answer_length, batch_size, device, pad_to_max_length)
+        qa.menu_choice = choice
+        return qa
 
     # ---- features and logits -------------------------------------------------------------------
 
@@ -107,27 +123,14 @@ class QuestionAnswerer:
             examples, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length,
             is_training=False)
 
-    @torch.no_grad()
     def logits(self, features, progress: bool = False):
         """Start/end logits [N, max_seq_length] in the features' order. Features are run longest
-        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT."""
-        n, width = features.input_ids.shape
-        starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
-        ends = np.full_like(starts, PAD_LOGIT)
-        lengths = features.attention_mask.sum(1)
-        order = torch.argsort(-lengths, stable=True)
-        batches = range(0, n, self.batch_size)
-        for i in tqdm(batches, desc="batches", disable=not progress or len(batches) < 2):
-            index = order[i:i + self.batch_size]
-            w = width if self.pad_to_max_length else int(lengths[index].max())
-            out = self.model(input_ids=features.input_ids[index, :w].to(self.device),
-                             attention_mask=features.attention_mask[index, :w].to(self.device),
-                             token_type_ids=features.token_type_ids[index, :w].to(self.device),
-                             length_config=self.length_config)
-            rows = index.numpy()
-            starts[rows, :w] = out.start_logits.float().cpu().numpy()
-            ends[rows, :w] = out.end_logits.float().cpu().numpy()
-        return starts, ends
+        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT
+        (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
+        configurations on)."""
+        forward = evaluation.torch_forward(self.model, self.device, self.length_config)
+        out = evaluation.sorted_batch_logits(forward, features, self.batch_size, self.pad_to_max_length, progress)
+        return out.starts, out.ends
 
     # ---- answers ------------------------------------------------------------------------------
 
@@ -176,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context")
     p.add_argument("--input", help="a SQuAD v1.1 JSON file of questions")
     p.add_argument("--output", help="where to write the predictions {id: answer} (with --input)")
-    p.add_argument("--length_config", help="JSON list, tokens kept per layer")
+    lengths = p.add_mutually_exclusive_group()
+    lengths.add_argument("--length_config", help="JSON list, tokens kept per layer, or keep fractions of each "
+                         "batch's longest sequence, e.g. [1.0, 0.8, 0.6]")
+    lengths.add_argument("--speedup", type=float, help="the most accurate configuration of the model's length "
+                         "menu at least this many times faster than full length")
+    lengths.add_argument("--max_f1_drop", type=float, help="the fastest configuration of the model's length menu "
+                         "whose F1 is within this many points of full length")
+    p.add_argument("--menu", help="the length menu for --speedup/--max_f1_drop (default "
+                   "<model>/length_configs.json, written by the search)")
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--max_query_length", type=int, default=64)
@@ -207,7 +218,9 @@ def run(args) -> None:
     qa = QuestionAnswerer.from_pretrained(
         args.model, args.length_config, args.max_seq_length, args.doc_stride, args.max_query_length,
         args.n_best_size, args.max_answer_length, args.batch_size, args.device, args.threads,
-        args.pad_to_max_length)
+        args.pad_to_max_length, args.speedup, args.max_f1_drop, args.menu)
+    if qa.menu_choice is not None:
+        print(f"inference.py: {qa.menu_choice.describe()}", file=sys.stderr)
     if single:
         print(json.dumps(qa.answer(args.question, args.context), ensure_ascii=False))
         return

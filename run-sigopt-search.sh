@@ -9,6 +9,10 @@
 #
 # With SIGOPT_API_TOKEN set (and optionally SIGOPT_API_URL) the search uses SigOpt, as in the
 # paper; without it, it says so and searches offline with Optuna.
+#
+# LENGTH_SPACE=relative searches keep fractions of each batch's longest sequence (from MIN_FRACTION
+# to 1) on sorted, longest-padded batches, as inference.py runs them. At its end the search writes
+# the front into MODEL_DIR/length_configs.json: inference.py --speedup X / --max_f1_drop D pick from it.
 set -euo pipefail
 
 : "${MODEL_DIR:=output/dynamic_tinybert/checkpoint-best}"   # trained Dynamic-TinyBERT folder
@@ -19,7 +23,10 @@ set -euo pipefail
 : "${DOC_STRIDE:=128}"
 : "${EVAL_BATCH_SIZE:=16}"
 : "${BUDGET:=150}"                                          # configurations to evaluate
-: "${MIN_LENGTH:=91}"                                       # fewest tokens a layer may keep
+: "${MIN_LENGTH:=91}"                                       # fewest tokens a layer may keep (absolute)
+: "${LENGTH_SPACE:=absolute}"                               # absolute (token counts) | relative (fractions)
+: "${MIN_FRACTION:=0.25}"                                   # smallest keep fraction (relative)
+: "${BATCHING:=}"                                           # padded | sorted; empty = padded for absolute, sorted for relative
 : "${OBJECTIVE:=macs}"                                      # macs | time
 : "${SUBSET:=}"                                             # first N dev questions; empty = all
 : "${BACKEND:=}"                                            # sigopt | optuna | evolution | constant
@@ -33,9 +40,12 @@ if [[ -z "${BACKEND}" ]]; then
   fi
 fi
 
-subset_args=()
+optional_args=()
 if [[ -n "${SUBSET}" ]]; then
-  subset_args=(--search_subset "${SUBSET}")
+  optional_args=(--search_subset "${SUBSET}")
+fi
+if [[ -n "${BATCHING}" ]]; then
+  optional_args+=(--search_batching "${BATCHING}")
 fi
 
 python "$(dirname "$0")/run_squad.py" \
@@ -53,6 +63,8 @@ python "$(dirname "$0")/run_squad.py" \
   --search_backend "${BACKEND}" \
   --search_budget "${BUDGET}" \
   --search_min_length "${MIN_LENGTH}" \
+  --search_length_space "${LENGTH_SPACE}" \
+  --search_min_fraction "${MIN_FRACTION}" \
   --search_objective "${OBJECTIVE}" \
-  "${subset_args[@]+"${subset_args[@]}"}" \
+  "${optional_args[@]+"${optional_args[@]}"}" \
   "$@"

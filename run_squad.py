@@ -12,20 +12,18 @@ Multi-GPU: ``torchrun --nproc_per_node N run_squad.py ...``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 import files
-import length_drop
+import length_menu
 import search
 import utils_squad
-from checkpoints import TRAINING_STATE, recover_checkpoints, unwrap  # noqa: F401  (tests use them here)
+from checkpoints import TRAINING_STATE, recover_checkpoints, unwrap, weights_sha256  # noqa: F401  (tests use them here)
 from errors import PROJECT_ERRORS, UsageError, exit_code
 from evaluation import DevEvaluator, record_eval
 from flags import build_parser as _build_parser
@@ -105,40 +103,57 @@ def run_evaluation(settings: Settings, model, evaluator: DevEvaluator, summary: 
 
 
 def run_search(settings: Settings, model, tokenizer, runtime) -> Path:
-    evaluator = DevEvaluator(settings.eval, settings.data, tokenizer, runtime, settings.search.search_subset)
+    """Step 5: the search on --search_batching batches, then the length menu the checkpoint keeps."""
+    batching = search.resolve_batching(settings.search)
+    evaluator = DevEvaluator(settings.eval, settings.data, tokenizer, runtime, settings.search.search_subset,
+                             sorted_batches=batching == "sorted")
     model.eval()
+    if batching == "sorted":
+        evaluator.warm_up(model)  # the full row, timed first, would otherwise pay the one-time costs
 
     def evaluate_fn(length_config):
         r = evaluator(model, tuple(length_config), write_predictions=False)
         return {k: r[k] for k in ("f1", "exact_match", "macs", "eval_seconds", "questions")}
 
     max_seq_length = settings.data.max_seq_length
-    full_macs = length_drop.analytic_macs(model.config, max_seq_length)
-    return search.run_search_from_args(settings.search, evaluate_fn, model.config.num_hidden_layers,
-                                       max_seq_length, full_macs, settings.output_dir,
-                                       measured_on=search_measured_on(settings, model, tokenizer))
+    full_macs = evaluator.macs(model.config, None, batching)  # the basis of every row's macs
+    measured_on = search_measured_on(settings, model, tokenizer, batching)
+    csv_path = search.run_search_from_args(settings.search, evaluate_fn, model.config.num_hidden_layers,
+                                           max_seq_length, full_macs, settings.output_dir,
+                                           measured_on=measured_on)
+    write_length_menu(settings, csv_path, model.config.num_hidden_layers, batching, measured_on)
+    return csv_path
 
 
-def search_measured_on(settings: Settings, model, tokenizer) -> dict:
+def write_length_menu(settings: Settings, csv_path: Path, num_layers: int, batching: str, measured_on: dict) -> Path:
+    """The search's front as the model's length menu (length_menu.py), for inference.py --speedup."""
+    s = settings.search
+    space = search.space_from_args(s, num_layers, settings.data.max_seq_length)
+    info = {"length_space": space.name, "batching": batching, "batch_size": settings.eval.per_gpu_eval_batch_size,
+            "max_seq_length": settings.data.max_seq_length, "doc_stride": settings.data.doc_stride,
+            "max_query_length": settings.data.max_query_length, "num_hidden_layers": num_layers,
+            "objective": s.search_objective, "weights_sha256": measured_on["weights_sha256"],
+            "predict_file_sha256": measured_on["predict_file_sha256"], "search_results": str(Path(csv_path).resolve())}
+    menu = length_menu.build_menu(search.ResultStore(csv_path, space).rows, space.full_config, info)
+    target = Path(s.search_menu) if s.search_menu else Path(settings.model.student_path) / length_menu.MENU_FILE
+    written = length_menu.write_menu(menu, target, fallback_dir=Path(settings.output_dir))
+    logger.info("length menu (%d configurations, speedup %s): %s", len(menu["configurations"]),
+                menu["speedup_basis"], written)
+    return written
+
+
+def search_measured_on(settings: Settings, model, tokenizer, batching: str = "padded") -> dict:
     """What a search row's F1 depends on beyond the search's own settings: rows measured on
-    other weights, data or lengths are never reused."""
+    other weights, data or lengths are never reused. On sorted batches the batch size too (it
+    sets each batch's longest sequence, which relative configurations are fractions of)."""
+    extra = {"eval_batch_size": settings.eval.per_gpu_eval_batch_size} if batching == "sorted" else {}
     return {"weights_sha256": weights_sha256(model),
             "predict_file_sha256": utils_squad.file_sha256(settings.data.predict_path),
             "tokenizer": utils_squad.tokenizer_fingerprint(tokenizer),
             "doc_stride": settings.data.doc_stride, "max_query_length": settings.data.max_query_length,
             "max_answer_length": settings.eval.max_answer_length, "n_best_size": settings.eval.n_best_size,
             "precision": settings.eval.precision,
-            "count_padding_queries": bool(getattr(model.config, "count_padding_queries", False))}
-
-
-def weights_sha256(model) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of the model searched."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unwrap(model).state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+            "count_padding_queries": bool(getattr(model.config, "count_padding_queries", False)), **extra}
 
 
 def recover_interrupted_saves(output_dir: str, resume_from_checkpoint: str | None) -> None:

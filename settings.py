@@ -138,6 +138,11 @@ class SearchSettings:
     search_budget: int
     search_min_length: int
     search_objective: str
+    search_length_space: str           # "absolute" (token counts) or "relative" (keep fractions)
+    search_min_fraction: float
+    search_fraction_step: float
+    search_batching: str | None        # None: padded for absolute, sorted for relative
+    search_menu: str | None            # None: <model folder>/length_configs.json
     search_subset: int | None
     search_storage: str | None
     search_study_name: str | None

@@ -14,8 +14,11 @@ Backends (``--search_backend``):
 * ``evolution``: LAT's evolutionary search (mutation + crossover on the Pareto front).
 * ``constant``: only the constant-rate sweep (Intel's ``--measure_rate``).
 
-Every run also measures the full-length model and the constant-rate sweep. Rows are appended and
-fsync'd as soon as they are measured, so an interrupted search resumes without re-evaluating.
+Two spaces (``--search_length_space``): the paper's absolute token counts, or relative keep
+fractions of each batch's longest sequence on a grid (evaluated on sorted, longest-padded
+batches, as inference runs them). Every run also measures the full-length model and the
+constant-rate sweep. Rows are appended and fsync'd as soon as they are measured, so an
+interrupted search resumes without re-evaluating.
 Modules: ``cli`` (flags, checks), ``common`` (file names, the search space, the sweep),
 ``store`` (the CSV shared by workers, the meta file), ``evaluator`` (cache, budget, baselines),
 ``backends`` (the ``SearchBackend`` interface and its four implementations: ``sigopt_backend``,
@@ -25,11 +28,13 @@ Modules: ``cli`` (flags, checks), ``common`` (file names, the search space, the 
 See docs/search.md for the design and the differences from the reference code.
 """
 from .backends import BACKEND_TYPES, ConstantSweep, SearchBackend, backend_named  # noqa: F401
-from .cli import add_search_args, parse_rates, resolve_backend, study_name_of, validate_args  # noqa: F401
+from .cli import (  # noqa: F401
+    add_search_args, length_space_of, parse_rates, resolve_backend, resolve_batching, space_from_args, study_name_of,
+    validate_args)
 from .common import (  # noqa: F401
-    BACKENDS, CSV_COLUMNS, DEFAULT_RATES, FRONT_CSV, META_JSON, OBJECTIVES, PLOT_PNG, RESULT_KEYS, RESULTS_CSV,
-    SEARCH_FILES, SIGOPT_STATE_JSON, SUMMARY_JSON, SWEEP_FLOOR, EvaluateFn, LengthConfig, SearchSpace,
-    sweep_config)
+    BACKENDS, BATCHINGS, CSV_COLUMNS, DEFAULT_RATES, FRONT_CSV, LENGTH_SPACES, META_JSON, OBJECTIVES, PLOT_PNG,
+    RESULT_KEYS, RESULTS_CSV, SEARCH_FILES, SIGOPT_STATE_JSON, SUMMARY_JSON, SWEEP_FLOOR, EvaluateFn, LengthConfig,
+    SearchSpace, Units, sweep_config)
 from .evaluator import FATAL_ERRORS, BudgetExhausted, Evaluator, compute_of, run_baselines  # noqa: F401
 from .evolution import EvolutionSearch, run_evolution  # noqa: F401
 from .front import finalize_outputs, format_front_table, pareto_flags, write_plot  # noqa: F401

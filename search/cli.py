@@ -8,7 +8,7 @@ import os
 
 from errors import UsageError
 
-from .common import BACKENDS, DEFAULT_RATES, OBJECTIVES
+from .common import BACKENDS, BATCHINGS, DEFAULT_RATES, LENGTH_SPACES, OBJECTIVES, SearchSpace
 
 logger = logging.getLogger("search")
 
@@ -28,7 +28,25 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="Smallest number of tokens a layer may keep (Intel: 91).")
     group.add_argument("--search_objective", default="macs", choices=OBJECTIVES,
                        help="Compute to minimise: 'macs' (deterministic) or 'time' (measured "
-                            "evaluation seconds, Intel's evalTime).")
+                            "evaluation seconds, Intel's evalTime; on sorted batches the model's "
+                            "forward seconds).")
+    group.add_argument("--search_length_space", default="absolute", choices=LENGTH_SPACES,
+                       help="absolute: token counts out of --max_seq_length (the paper's); relative: "
+                            "keep fractions of each batch's longest real sequence, on a grid of "
+                            "--search_fraction_step from --search_min_fraction to 1.")
+    group.add_argument("--search_min_fraction", type=float, default=0.25,
+                       help="Relative space: smallest keep fraction a layer may have (default 0.25; "
+                            "--search_min_length's counterpart).")
+    group.add_argument("--search_fraction_step", type=float, default=0.01,
+                       help="Relative space: the grid of keep fractions (default 0.01).")
+    group.add_argument("--search_batching", default=None, choices=BATCHINGS,
+                       help="How configurations are evaluated and timed: 'padded' (file order, every "
+                            "batch padded to --max_seq_length, the paper's) or 'sorted' (sorted by "
+                            "length, each batch padded to its longest, as inference.py runs). Default: "
+                            "padded in the absolute space, sorted in the relative one (which needs it).")
+    group.add_argument("--search_menu", default=None,
+                       help="Where run_squad.py writes the length menu (the front, for inference.py "
+                            "--speedup/--max_f1_drop); default <model folder>/length_configs.json.")
     group.add_argument("--search_subset", type=int, default=None,
                        help="Evaluate on the first N dev questions only (CSV column 'questions').")
     group.add_argument("--search_storage", default=None,
@@ -69,6 +87,51 @@ def resolve_backend(args: argparse.Namespace) -> str:
     return backend
 
 
+def length_space_of(args) -> str:
+    return getattr(args, "search_length_space", None) or "absolute"
+
+
+def resolve_batching(args) -> str:
+    """--search_batching, else sorted for the relative space and padded for the absolute one."""
+    batching = getattr(args, "search_batching", None)
+    if batching is None:
+        batching = "sorted" if length_space_of(args) == "relative" else "padded"
+    return batching
+
+
+def space_from_args(args, num_hidden_layers: int, max_seq_length: int) -> SearchSpace:
+    if length_space_of(args) == "relative":
+        return SearchSpace.relative(num_hidden_layers, args.search_min_fraction, args.search_fraction_step)
+    return SearchSpace(num_hidden_layers, args.search_min_length, max_seq_length)
+
+
+def _validate_space(args, max_seq_length: int) -> None:
+    space = length_space_of(args)
+    if space not in LENGTH_SPACES:
+        raise UsageError(f"--search_length_space: expected one of {LENGTH_SPACES}, got {space!r}")
+    batching = resolve_batching(args)
+    if batching not in BATCHINGS:
+        raise UsageError(f"--search_batching: expected one of {BATCHINGS}, got {batching!r}")
+    if space == "absolute":
+        if args.search_min_length < 1:
+            raise UsageError(f"--search_min_length must be >= 1, got {args.search_min_length}")
+        if args.search_min_length > max_seq_length:
+            raise UsageError(f"--search_min_length ({args.search_min_length}) is larger than "
+                             f"--max_seq_length ({max_seq_length})")
+        return
+    if batching != "sorted":
+        raise UsageError("--search_batching padded: relative configurations keep fractions of each batch's "
+                         "longest sequence, so they are evaluated on sorted batches (as inference.py runs "
+                         "them); leave --search_batching out or give sorted")
+    step = args.search_fraction_step
+    if not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
+        raise UsageError(f"--search_fraction_step must divide 1 into at least 2 steps (e.g. 0.01, 0.05), "
+                         f"got {step}")
+    if not step <= args.search_min_fraction <= 1:
+        raise UsageError(f"--search_min_fraction must lie in [--search_fraction_step ({step}), 1], "
+                         f"got {args.search_min_fraction}")
+
+
 def parse_rates(text: str) -> list[float]:
     """``"1.0,0.9"`` -> ``[1.0, 0.9]``; each rate must lie in (0, 1]."""
     try:
@@ -91,11 +154,7 @@ def validate_args(args: argparse.Namespace, num_hidden_layers: int, max_seq_leng
         raise UsageError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
     if max_seq_length < 1:
         raise UsageError(f"--max_seq_length must be >= 1, got {max_seq_length}")
-    if args.search_min_length < 1:
-        raise UsageError(f"--search_min_length must be >= 1, got {args.search_min_length}")
-    if args.search_min_length > max_seq_length:
-        raise UsageError(f"--search_min_length ({args.search_min_length}) is larger than "
-                         f"--max_seq_length ({max_seq_length})")
+    _validate_space(args, max_seq_length)
     if args.search_budget < 1:
         raise UsageError(f"--search_budget must be >= 1, got {args.search_budget}")
     if args.search_subset is not None and args.search_subset < 1:
@@ -116,5 +175,6 @@ def validate_args(args: argparse.Namespace, num_hidden_layers: int, max_seq_leng
 
 
 def study_name_of(args: argparse.Namespace) -> str:
-    """The Optuna study / SigOpt experiment name."""
-    return args.search_study_name or f"dynamic-tinybert-{args.search_objective}"
+    """The Optuna study / SigOpt experiment name (the relative space's has its own default)."""
+    suffix = "-relative" if length_space_of(args) == "relative" else ""
+    return args.search_study_name or f"dynamic-tinybert-{args.search_objective}{suffix}"

@@ -39,12 +39,17 @@ def compute_of(row: dict, objective: str) -> float:
 
 
 class Evaluator:
-    """Evaluates a length configuration once; afterwards serves it from the results file."""
+    """Evaluates a length configuration once; afterwards serves it from the results file.
+
+    Backends hand it points of the space's integer grid (``__call__``, ``cached``); the baselines
+    hand it configurations (``measure``). ``space`` translates (None: the grid is the
+    configuration, as in the absolute space)."""
 
     def __init__(self, evaluate_fn: EvaluateFn, store: ResultStore, full_macs: int, objective: str,
-                 measured_on: dict | None = None):
+                 measured_on: dict | None = None, space: SearchSpace | None = None):
         self.evaluate_fn = evaluate_fn
         self.store = store
+        self.space = space
         self.full_macs = int(full_macs)
         self.objective = objective
         self.measured_on = measured_on  # what the rows depend on (the search's fingerprint)
@@ -53,13 +58,22 @@ class Evaluator:
         self.failures = 0
         self.progress: tqdm | None = None  # a bar that counts new evaluations (the evolution's)
 
-    def __call__(self, config: Sequence[int], backend: str, budget: int | None = None) -> dict:
-        """The row for ``config``: cached if measured before, else measured and appended.
+    def config_of(self, units: Sequence[int]) -> LengthConfig:
+        return self.space.config(units) if self.space is not None else tuple(int(x) for x in units)
 
-        ``budget``: refuse (BudgetExhausted) to measure a new configuration for ``backend`` once
-        that many of its rows (plus failures in this run) exist.
-        """
-        config = tuple(int(x) for x in config)
+    def cached(self, units: Sequence[int]) -> dict | None:
+        """The stored row of a grid point, or None."""
+        return self.store.get(self.config_of(units))
+
+    def __call__(self, units: Sequence[int], backend: str, budget: int | None = None) -> dict:
+        """The row for the grid point ``units``: cached if measured before, else measured and
+        appended. ``budget``: refuse (BudgetExhausted) to measure a new configuration for
+        ``backend`` once that many of its rows (plus failures in this run) exist."""
+        return self.measure(self.config_of(units), backend, budget)
+
+    def measure(self, config: Sequence[int | float], backend: str, budget: int | None = None) -> dict:
+        """As ``__call__``, for a configuration (token counts or keep fractions)."""
+        config = self.space.normalise(config) if self.space is not None else tuple(int(x) for x in config)
         cached = self.store.get(config)
         if cached is None:  # another worker sharing the folder may have measured it
             self.store.refresh()
@@ -121,6 +135,6 @@ def run_baselines(evaluator: Evaluator, space: SearchSpace, rates: Sequence[floa
 
     A configuration already measured (e.g. rate 1.0 == full length) is not measured twice.
     """
-    evaluator(space.full, "full")
+    evaluator.measure(space.full_config, "full")
     for rate in tqdm(rates, desc="constant-rate sweep", unit="config"):
-        evaluator(sweep_config(space, rate), "constant")
+        evaluator.measure(sweep_config(space, rate), "constant")

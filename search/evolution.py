@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 import length_drop
 
-from .common import LengthConfig, SearchSpace
+from .common import SearchSpace, Units
 from .evaluator import BudgetExhausted, Evaluator, FATAL_ERRORS
 from .front import pareto_flags
 
@@ -39,21 +39,23 @@ def drop_ratio_for_fraction(target: float, space: SearchSpace) -> float:
 
 class EvolutionSearch:
     """LAT's evolutionary search: keep the Pareto front as population, grow it by mutation and
-    crossover, for ``evo_iter`` iterations or until the budget of new evaluations is spent."""
+    crossover, for ``evo_iter`` iterations or until the budget of new evaluations is spent.
+    Genes are points of the space's integer grid (keep fractions in grid steps in the relative
+    space), so LAT's integer operators apply unchanged."""
 
     def __init__(self, args: argparse.Namespace, evaluator: Evaluator, space: SearchSpace):
         self.args = args
         self.evaluator = evaluator
         self.space = space
         self.rng = random.Random(args.search_seed)
-        self.population: list[LengthConfig] = []
+        self.population: list[Units] = []
         self.iterations_done = 0
 
-    def score(self, gene: LengthConfig) -> tuple[float, float]:
-        row = self.evaluator.store.get(gene)
+    def score(self, gene: Units) -> tuple[float, float]:
+        row = self.evaluator.cached(gene)
         return self.evaluator.compute(row), row["f1"]
 
-    def add_gene(self, gene: LengthConfig) -> bool:
+    def add_gene(self, gene: Units) -> bool:
         """Measure ``gene`` (or reuse its row) and add it to the population if new there."""
         assert self.space.contains(gene), gene
         try:
@@ -68,7 +70,7 @@ class EvolutionSearch:
         self.population.append(gene)
         return True
 
-    def pareto_frontier(self) -> list[LengthConfig]:
+    def pareto_frontier(self) -> list[Units]:
         """Keep only non-dominated genes, sorted by compute."""
         points = [(self.score(g)[1], self.score(g)[0]) for g in self.population]
         flags = pareto_flags(points)
@@ -105,7 +107,7 @@ class EvolutionSearch:
             tries += 1
             added += bool(operator())
 
-    def initial_genes(self) -> list[LengthConfig]:
+    def initial_genes(self) -> list[Units]:
         """Smallest and full configuration, then ``population_size`` constant-drop configurations
         whose length fractions are evenly spaced between the two (LAT)."""
         space = self.space

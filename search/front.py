@@ -49,8 +49,9 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
     front = sorted((row for row in store.rows if row["pareto"]), key=lambda r: (r["macs"], -r["f1"]))
     atomic_write_text(output_dir / FRONT_CSV, _rows_to_csv_text(front))
     sweep = [store.get(sweep_config(space, r)) for r in rates]
-    write_plot(store.rows, [r for r in sweep if r is not None], store.get(space.full), objective,
-               output_dir / PLOT_PNG)
+    full = store.get(space.full_config)
+    write_plot(store.rows, [r for r in sweep if r is not None], full, objective, output_dir / PLOT_PNG,
+               space_name=space.name)
     summary = dict(summary)
     summary.update({
         "results_csv": str(store.path),
@@ -59,7 +60,7 @@ def finalize_outputs(store: ResultStore, objective: str, output_dir: Path, rates
         "rows": len(store.rows),
         "rows_by_backend": {b: store.count(b) for b in sorted({r["backend"] for r in store.rows})},
         "pareto_front": [_summary_row(r) for r in front],
-        "full": _summary_row(store.get(space.full)) if store.get(space.full) else None,
+        "full": _summary_row(full) if full else None,
     })
     atomic_write_text(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
@@ -72,7 +73,7 @@ def _summary_row(row: dict) -> dict:
 
 
 def write_plot(rows: Sequence[dict], sweep: Sequence[dict], full: dict | None, objective: str,
-               path: Path) -> None:
+               path: Path, space_name: str = "absolute") -> None:
     """F1 against compute: all trials, the Pareto front, the constant-rate sweep, the full model."""
     import matplotlib
 
@@ -95,6 +96,7 @@ def write_plot(rows: Sequence[dict], sweep: Sequence[dict], full: dict | None, o
                    zorder=5, label="full length")
     ax.set_xlabel(label)
     ax.set_ylabel("F1")
+    ax.set_title(f"{space_name} length configurations" if space_name != "absolute" else "")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

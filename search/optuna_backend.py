@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from errors import UsageError
 
-from .common import LengthConfig, SearchSpace
+from .common import SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
 from .store import fingerprint_differences
@@ -17,8 +17,8 @@ from .store import fingerprint_differences
 logger = logging.getLogger("search")
 
 
-def optuna_config_from_params(params: dict, space: SearchSpace) -> LengthConfig:
-    """Optuna samples x0..x{L-1} independently in [min, max]; the configuration is those values
+def optuna_config_from_params(params: dict, space: SearchSpace) -> Units:
+    """Optuna samples x0..x{L-1} independently in [min, max]; the grid point is those values
     sorted in descending order (uniform over non-increasing configurations)."""
     values = [params[f"x{i}"] for i in range(space.num_layers)]
     return tuple(sorted((int(v) for v in values), reverse=True))
@@ -52,7 +52,7 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     for row in evaluator.store.rows:
         if row["backend"] == "optuna" and row["length_config"] not in known:
             study.add_trial(optuna.trial.create_trial(
-                params={f"x{i}": v for i, v in enumerate(row["length_config"])},
+                params={f"x{i}": v for i, v in enumerate(space.units(row["length_config"]))},
                 distributions=distributions,
                 values=[row["f1"], evaluator.compute(row)],
                 user_attrs={"length_config": list(row["length_config"])}))
@@ -68,10 +68,10 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
 
     def objective(trial: "optuna.Trial") -> tuple[float, float]:
         params = {name: trial.suggest_int(name, space.min_length, space.max_length) for name in distributions}
-        config = optuna_config_from_params(params, space)
-        trial.set_user_attr("length_config", list(config))
+        units = optuna_config_from_params(params, space)
+        trial.set_user_attr("length_config", list(space.config(units)))
         try:
-            row = evaluator(config, "optuna")
+            row = evaluator(units, "optuna")
         except FATAL_ERRORS as err:  # optuna would catch it as a failed trial and go on
             fatal.append(err)
             trial.study.stop()

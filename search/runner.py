@@ -11,7 +11,7 @@ from errors import DiskFullError
 from files import is_disk_full
 
 from .common import EvaluateFn, RESULTS_CSV, SearchSpace
-from .cli import parse_rates, resolve_backend, validate_args
+from .cli import parse_rates, resolve_backend, resolve_batching, space_from_args, validate_args
 from .store import ResultStore, prepare_results_folder, search_fingerprint
 from .evaluator import Evaluator, FATAL_ERRORS, run_baselines
 from .front import finalize_outputs, format_front_table
@@ -34,8 +34,9 @@ def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_
     """
     validate_args(args, num_hidden_layers, max_seq_length)
     output_dir = Path(output_dir)
-    space = SearchSpace(num_hidden_layers, args.search_min_length, max_seq_length)
-    measured = search_fingerprint(args, space, full_macs, measured_on)
+    space = space_from_args(args, num_hidden_layers, max_seq_length)
+    measured = search_fingerprint(args, space, full_macs, measured_on, max_seq_length=max_seq_length,
+                                  batching=resolve_batching(args))
     try:
         return _run_search(args, evaluate_fn, space, full_macs, output_dir, measured)
     except (ValueError, SigOptError, *FATAL_ERRORS):
@@ -54,11 +55,14 @@ def _run_search(args: argparse.Namespace, evaluate_fn: EvaluateFn, space: Search
     output_dir.mkdir(parents=True, exist_ok=True)
     prepare_results_folder(output_dir, measured, restart=getattr(args, "search_restart", False))
     store = ResultStore(output_dir / RESULTS_CSV, space)
-    evaluator = Evaluator(evaluate_fn, store, full_macs, args.search_objective, measured_on=measured)
+    evaluator = Evaluator(evaluate_fn, store, full_macs, args.search_objective, measured_on=measured, space=space)
     cached_before = len(store.rows)
+    bounds = ({"min_fraction": space.config(space.smallest)[0], "fraction_step": space.fraction_step}
+              if space.is_relative else {"min_length": space.min_length})
     summary = {
         "backend": backend, "objective": args.search_objective, "budget": args.search_budget,
-        "min_length": space.min_length, "max_seq_length": space.max_length,
+        "length_space": space.name, "batching": measured.get("batching", "padded"), **bounds,
+        "max_seq_length": measured["max_seq_length"],
         "num_hidden_layers": space.num_layers, "full_macs": int(full_macs),
         "subset": args.search_subset, "seed": args.search_seed, "rates": rates,
         "macs_ratio": "full_macs / macs (speedup over the full-length model)",

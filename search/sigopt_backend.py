@@ -13,7 +13,7 @@ from tqdm import tqdm
 from errors import SearchBackendError, UsageError
 from files import atomic_write_text
 
-from .common import LengthConfig, SIGOPT_STATE_JSON, SearchSpace
+from .common import SIGOPT_STATE_JSON, SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
 
@@ -98,6 +98,10 @@ def _check_joined_experiment(experiment, space: SearchSpace, metric: str, source
     if names != expected:
         raise UsageError(f"SigOpt experiment {experiment.id} ({source}): parameters {names} do not "
                          f"match this model's {space.num_layers} layers ({expected})")
+    top = max((p.bounds.max for p in experiment.parameters if p.bounds is not None), default=space.max_length)
+    if int(round(top)) != space.max_length:  # e.g. an absolute (tokens) experiment joined by a relative search
+        raise UsageError(f"SigOpt experiment {experiment.id} ({source}): parameters go up to {top}, but this "
+                         f"search's {space.name} space goes up to {space.max_length}")
     metrics = {m.name for m in experiment.metrics or []}
     if metrics != {"f1", metric}:
         raise UsageError(f"SigOpt experiment {experiment.id} ({source}): metrics {sorted(metrics)} do "
@@ -117,7 +121,7 @@ def _save_experiment_id(state_path: Path, experiment_id: str, url: str) -> None:
     atomic_write_text(state_path, json.dumps({"experiment_id": experiment_id, "api_url": url}) + "\n")
 
 
-def _assignments_to_config(assignments, space: SearchSpace) -> LengthConfig:
+def _assignments_to_config(assignments, space: SearchSpace) -> Units:
     return space.repair(assignments[f"x{i}"] for i in range(space.num_layers))
 
 
@@ -132,7 +136,7 @@ def _create_experiment(args, session: "SigOptSession", evaluator: Evaluator, spa
     for row in evaluator.store.rows:
         if row["backend"] == "sigopt":
             session.call("report a cached observation", observations.create,
-                         assignments={f"x{i}": v for i, v in enumerate(row["length_config"])},
+                         assignments={f"x{i}": v for i, v in enumerate(space.units(row["length_config"]))},
                          values=_sigopt_values(row, evaluator, metric))
     return experiment.id
 
@@ -149,7 +153,7 @@ def _join_experiment(experiment_id: str, source: str, session: "SigOptSession", 
     bound = session.experiment(experiment_id)
     open_suggestions = session.call("list open suggestions", bound.suggestions().fetch, state="open")
     for suggestion in list(open_suggestions.iterate_pages()):
-        row = evaluator.store.get(_assignments_to_config(suggestion.assignments, space))
+        row = evaluator.cached(_assignments_to_config(suggestion.assignments, space))
         if row is not None:
             session.call("report an observation", bound.observations().create,
                          suggestion=suggestion.id, values=_sigopt_values(row, evaluator, metric))

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from errors import UsageError
 from files import atomic_write_text
-from length_drop import check_length_config
+from length_drop import check_length_config, is_relative
 
 from .common import CSV_COLUMNS, LengthConfig, META_JSON, RESULTS_CSV, SEARCH_FILES, SearchSpace
 
@@ -34,14 +34,15 @@ def _row_to_csv_fields(row: dict) -> dict:
 def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None" = None) -> dict:
     try:
         config = json.loads(raw["length_config"])
-        if not isinstance(config, list) or not all(isinstance(x, int) for x in config):
-            raise UsageError("length_config is not a JSON list of integers")
+        if not isinstance(config, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in config):
+            raise UsageError("length_config is not a JSON list of numbers")
         if space is not None:
             _check_row_config(config, space)
         return {
             "trial": int(raw["trial"]),
             "backend": raw["backend"],
-            "length_config": tuple(config),
+            "length_config": space.normalise(config) if space is not None else tuple(config),
             "macs": int(raw["macs"]),
             "macs_ratio": float(raw["macs_ratio"]),
             "f1": float(raw["f1"]),
@@ -55,11 +56,15 @@ def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None"
 
 
 def _check_row_config(config: list, space: "SearchSpace") -> None:
-    """A stored configuration must fit the model: one length per layer, each in [1, max]
-    (the constant-rate sweep may go below --search_min_length, never below 1)."""
+    """A stored configuration must fit the model and the space: one length per layer, each in
+    [1, max] (the constant-rate sweep may go below --search_min_length, never below 1), or in the
+    relative space one keep fraction per layer in (0, 1]; never the other space's kind."""
+    if is_relative(config) != space.is_relative:
+        kind = "keep fractions" if is_relative(config) else "token counts"
+        raise UsageError(f"length_config holds {kind}, but this is a search of the {space.name} space")
     try:
-        check_length_config(config, space.num_layers, space.max_length, non_increasing=False,
-                            name="length_config")
+        check_length_config(config, space.num_layers, None if space.is_relative else space.max_length,
+                            non_increasing=False, name="length_config")
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -189,11 +194,20 @@ class ResultStore:
 # ----------------------------------------------------------------------------------------------
 
 def search_fingerprint(args: argparse.Namespace, space: SearchSpace, full_macs: int,
-                       measured_on: dict | None) -> dict:
+                       measured_on: dict | None, max_seq_length: int | None = None,
+                       batching: str = "padded") -> dict:
     """Everything a row's F1 and MACs depend on: the model's layers and MACs, the lengths, the
-    questions scored, and the caller's own fingerprints (weights, data file)."""
-    fingerprint = {"num_hidden_layers": space.num_layers, "max_seq_length": space.max_length,
-                   "full_macs": int(full_macs), "search_subset": args.search_subset, **(measured_on or {})}
+    questions scored, and the caller's own fingerprints (weights, data file). The length space
+    and the batching are recorded only when they are not the paper's (absolute, padded), so
+    earlier searches' meta files still match; a search of the other space never reuses rows."""
+    fingerprint = {"num_hidden_layers": space.num_layers,
+                   "max_seq_length": space.max_length if max_seq_length is None else max_seq_length,
+                   "full_macs": int(full_macs), "search_subset": args.search_subset}
+    if space.is_relative:
+        fingerprint["length_space"] = "relative"
+    if batching != "padded":
+        fingerprint["batching"] = batching
+    fingerprint.update(measured_on or {})
     return json.loads(json.dumps(fingerprint))  # as it reads back from the sidecar
 
 

@@ -343,6 +343,9 @@ def test_quickstart_runs_all_five_steps(tmp_path):
     for name in ("search_results.csv", "pareto_front.csv", "pareto.png"):
         assert (search_dir / name).is_file(), name
         assert str(search_dir / name) in proc.stdout
+    menu = tmp_path / "qs" / "dynamic_tinybert_ld_naive" / "checkpoint-best" / "length_configs.json"
+    assert menu.is_file() and str(menu) in proc.stdout
+    assert "--max_f1_drop 1: length configuration" in proc.stderr and '"answer"' in proc.stdout
 
 
 def test_sandwich_from_default_flags_without_layer_dropout():

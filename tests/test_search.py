@@ -470,7 +470,8 @@ def test_run_sigopt_search_script_falls_back_to_optuna_and_passes_flags(tmp_path
                            f"'import json, sys; json.dump(sys.argv[1:], open(\"{log}\", \"w\"))' \"$@\"\n")
     fake_python.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "SIGOPT_API_TOKEN"}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", MODEL_DIR="m", BUDGET="7", SUBSET="100")
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", MODEL_DIR="m", BUDGET="7", SUBSET="100", LENGTH_SPACE="relative",
+               BATCHING="sorted")
     result = subprocess.run(["bash", str(REPO_ROOT / "run-sigopt-search.sh"), "--search_seed", "3"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
     assert "SIGOPT_API_TOKEN is not set" in result.stdout
@@ -480,6 +481,8 @@ def test_run_sigopt_search_script_falls_back_to_optuna_and_passes_flags(tmp_path
     assert pairs["--search_backend"] == "optuna" and pairs["--search_budget"] == "7"
     assert pairs["--model_name_or_path"] == "m" and pairs["--search_subset"] == "100"
     assert pairs["--max_seq_length"] == "384" and pairs["--search_min_length"] == "91"
+    assert pairs["--search_length_space"] == "relative" and pairs["--search_min_fraction"] == "0.25"
+    assert pairs["--search_batching"] == "sorted"
     assert argv[-2:] == ["--search_seed", "3"] and "--do_search" in argv
 
 
