@@ -382,6 +382,7 @@ def run(args) -> None:
     examples = utils_squad.read_squad_examples(args.input, is_training=False) if args.input else None
     if examples is not None and not examples:
         raise UsageError(f"--input {args.input}: no questions")
+    check_backend(args.backend, args.onnx, args.int8, args.device)
     if args.int8 and args.backend == "torch":
         print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
               f"{onnx_cache.default_cache_dir()})", file=sys.stderr)

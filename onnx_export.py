@@ -22,6 +22,7 @@ and the precision, so a runner can check the file against the model folder it pa
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import json
 import logging
@@ -197,7 +198,7 @@ class Int8Settings:
 
     per_channel: bool = False         # one scale per output channel of each weight
     reduce_range: bool = False        # 7-bit weights (for CPUs without VNNI)
-    keep_fp32_modules: tuple[str, ...] = ("model.qa_outputs",)   # module paths (SpanLogits' names)
+    keep_fp32_modules: tuple[str, ...] = ("model.qa_outputs",)   # module path patterns (SpanLogits' names)
 
     def key(self) -> str:
         return json.dumps([self.per_channel, self.reduce_range, list(self.keep_fp32_modules)])
@@ -212,10 +213,11 @@ def _module_path(node) -> list[str]:
     return []
 
 
-def nodes_of_modules(model_proto, modules) -> list[str]:
-    """Names of the nodes that belong to any of ``modules`` (module paths)."""
+def nodes_of_modules(model_proto, patterns) -> list[str]:
+    """Names of the nodes inside any module whose path matches one of ``patterns`` (fnmatch:
+    ``model.qa_outputs``, ``*.intermediate.dense``, ``model.bert.encoder.layer.5.*``)."""
     return [node.name for node in model_proto.graph.node
-            if any(name in modules for name in _module_path(node))]
+            if any(fnmatch.fnmatchcase(name, pattern) for name in _module_path(node) for pattern in patterns)]
 
 
 def quantize_int8(source, destination, settings: Int8Settings = Int8Settings()) -> OnnxMetadata:
