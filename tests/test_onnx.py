@@ -177,8 +177,12 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
     proto = onnx.load(str(path))
     assert meta.precision == "int8" == onnx_export.read_metadata(proto).precision
     ops = [node.op_type for node in proto.graph.node]
-    # 6 linear layers per encoder layer in integer arithmetic, nothing else
+    # 6 linear layers per encoder layer in integer arithmetic, nothing else (attention matmuls float)
     assert ops.count("MatMulInteger") == 6 * 3 and "DynamicQuantizeLinear" in ops
+    dims = {i.name: list(i.dims) for i in proto.graph.initializer}
+    hidden = ws["model"].config.hidden_size
+    weight_zero_points = [n.input[3] for n in proto.graph.node if n.op_type == "MatMulInteger"]
+    assert all(dims[z] in ([hidden], [ws["model"].config.intermediate_size]) for z in weight_zero_points)  # per channel
     head = onnx_export.nodes_of_modules(proto, ["model.qa_outputs"])
     assert [n.op_type for n in proto.graph.node if n.name in head] == ["MatMul", "Add"]
     floats = {i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
@@ -314,10 +318,18 @@ def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path):
         provider = OrtLogits(path)
         for batch in batches:
             assert_close_on_real(provider(*batch), eager(model, batch, length_config), batch[1], atol=1e-4)
-        if name == "relative":  # int8 of real weights: close to float32, relative to the logits' spread
-            onnx_export.quantize_int8(path, tmp_path / "int8.onnx")
-            int8 = OrtLogits(tmp_path / "int8.onnx")
+        if name in INT8_BOUNDS:  # int8 of real weights: close to float32, relative to the logits' spread
+            onnx_export.quantize_int8(path, tmp_path / f"{name}-int8.onnx")
+            int8 = OrtLogits(tmp_path / f"{name}-int8.onnx")
+            errors, spreads = [], []
             for batch in batches:
                 real = batch[1].bool().numpy()
                 for f, q in zip(provider(*batch), int8(*batch)):
-                    assert np.abs(f[real] - q[real]).mean() < 0.25 * f[real].std()
+                    errors.append(np.abs(f[real] - q[real]).mean())
+                    spreads.append(f[real].std())
+            assert 0 < np.mean(errors) < INT8_BOUNDS[name] * np.mean(spreads)
+
+
+# mean |int8 - fp32| logit over the logits' spread; measured 0.12 at full length and 0.19 at the
+# relative configuration (where int8 also changes some kept tokens); per-tensor scales: 0.29 / 0.38
+INT8_BOUNDS = {"full": 0.2, "relative": 0.3}
