@@ -23,29 +23,44 @@ every batch to ``max_seq_length`` and reproduces ``--do_eval``'s predictions exa
 
     python inference.py --model DIR --question Q --context C
     python inference.py --model DIR --input dev-v1.1.json --output predictions.json
+    python inference.py --model DIR --length_config "[1.0, 0.8, 0.6]" --export_onnx model.onnx [--int8]
+    python inference.py --model DIR --backend onnxruntime --onnx model.onnx --input dev.json --output p.json
+
+Logits come from a logits provider: the PyTorch model (``TorchLogits``) or an exported ONNX file
+run by ONNX Runtime (``ort_backend.OrtLogits``); batching, windows and answers are the same.
+``--int8`` runs ONNX Runtime's dynamic quantisation of the exported model (with the torch
+backend the model is exported into a cache folder first, ``onnx_cache``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Protocol
 
+import numpy as np
 import torch
 
 import evaluation
 import files
 import length_drop
 import length_menu
+import onnx_cache
+import onnx_export
+import ort_backend
 import postprocess
 import utils_squad
-from errors import PROJECT_ERRORS, UsageError, exit_code
+from errors import PROJECT_ERRORS, DiskFullError, UsageError, exit_code
 from loading import load_model_checked, load_tokenizer
+from onnx_export import Int8Settings
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
+BACKENDS = ("torch", "onnxruntime")
 
 
 def check_model_folder(folder) -> Path:
@@ -70,49 +85,105 @@ def checked_length_config(value, num_hidden_layers: int, max_seq_length: int):
         raise UsageError(f"--length_config: {err}") from None
 
 
+def read_model_config(folder) -> dict:
+    """The folder's config.json (checked to name the layer count), or a UsageError."""
+    path = check_model_folder(folder)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        int(config["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--model {folder}: unreadable config.json ({err})") from None
+    return config
+
+
+class LogitsProvider(Protocol):
+    """What ``QuestionAnswerer`` gets its logits from: one batch of features (int64 ``[B, W]``,
+    padded to its longest) -> start and end logits, float32 numpy ``[B, W]``."""
+
+    length_config: tuple | None
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchLogits:
+    """The PyTorch model at a length configuration, as a logits provider."""
+
+    def __init__(self, model, length_config=None, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.length_config = length_config
+
+    @torch.no_grad()
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                         token_type_ids=token_type_ids.to(self.device), length_config=self.length_config)
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+
 class QuestionAnswerer:
-    """A model, its tokenizer and the windowing/n-best settings; answers (question, context) pairs."""
+    """A logits provider (the PyTorch model, or an ONNX file run by ONNX Runtime), its tokenizer
+    and the windowing/n-best settings; answers (question, context) pairs."""
 
     def __init__(self, model, tokenizer, length_config=None, max_seq_length=384, doc_stride=128,
                  max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32, device="cpu",
                  pad_to_max_length=False):
+        """``model``: a ``modeling_bert.BertForQuestionAnswering`` (run at ``length_config`` on
+        ``device``) or any ``LogitsProvider`` (which brings its own length configuration)."""
         if batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
         self.n_best_size, self.max_answer_length, self.batch_size = n_best_size, max_answer_length, batch_size
         self.pad_to_max_length = pad_to_max_length
-        self.length_config = checked_length_config(length_config, model.config.num_hidden_layers, max_seq_length)
+        if isinstance(model, torch.nn.Module):
+            self.length_config = checked_length_config(length_config, model.config.num_hidden_layers, max_seq_length)
+            self.provider = TorchLogits(model, self.length_config, device)
+            self.model = self.provider.model
+        else:
+            if length_config is not None:
+                raise UsageError("a logits provider brings its own length configuration; give none")
+            self.provider, self.model, self.length_config = model, None, model.length_config
+            check_onnx_padding(self.length_config, pad_to_max_length)
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
     def from_pretrained(cls, folder, length_config=None, max_seq_length=384, doc_stride=128,
                         max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32,
-                        device="cpu", threads=None, pad_to_max_length=False, speedup=None, max_f1_drop=None,
-                        menu=None) -> "QuestionAnswerer":
-        """``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
+                        device="cpu", threads=None, pad_to_max_length=False, *, backend="torch",
+                        onnx_path=None, int8=False, int8_settings: Int8Settings = Int8Settings(),
+                        cache_dir=None, speedup=None, max_f1_drop=None, menu=None) -> "QuestionAnswerer":
+        """The folder gives the tokenizer and model config. ``backend="torch"`` runs its weights
+        (``int8=True``: an int8 ONNX Runtime copy, exported into ``cache_dir``, see
+        ``onnx_cache``); ``backend="onnxruntime"`` runs the ONNX file ``onnx_path``
+        (``int8=True`` quantises a float32 file into ``cache_dir`` first).
+        ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
         configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
         if threads is not None:
             if threads < 1:
                 raise UsageError(f"--threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
-        path = check_model_folder(folder)
-        try:  # a wrong length configuration is said before any weights load
-            layers = json.loads((path / "config.json").read_text())["num_hidden_layers"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"--model {folder}: unreadable config.json ({err})") from None
-        checked_length_config(length_config, layers, max_seq_length)
-        choice = length_menu.pick(path, layers, length_config, speedup, max_f1_drop, menu)
+        check_backend(backend, onnx_path, int8, device)
+        config = read_model_config(folder)  # a wrong length configuration is said before any weights load
+        layers = config["num_hidden_layers"]
+        length_config = checked_length_config(length_config, layers, max_seq_length)
+        choice = length_menu.pick(folder, layers, length_config, speedup, max_f1_drop, menu)
         if choice is not None:
             length_config = checked_length_config(choice.entry.length_config, layers, max_seq_length)
-        model = load_model_checked(str(folder), "--model")
-        if choice is not None:
-            length_menu.check_choice_fits(choice, model, max_seq_length, doc_stride, max_query_length, batch_size)
+        if backend == "onnxruntime" or int8:
+            check_onnx_padding(length_config, pad_to_max_length)
         tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
-        qa = cls(model, tokenizer, length_config, max_seq_length, doc_stride, max_query_length,
-                 n_best_size, max_answer_length, batch_size, device, pad_to_max_length)
+        settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
+        if backend == "torch" and not int8:
+            model = load_model_checked(str(folder), "--model")
+            if choice is not None:
+                length_menu.check_choice_fits(choice, model, max_seq_length, doc_stride, max_query_length,
+                                              batch_size)
+            qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
+        else:
+            provider = onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings, threads,
+                                     cache_dir)
+            qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
         qa.menu_choice = choice
         return qa
 
@@ -128,8 +199,8 @@ class QuestionAnswerer:
         first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT
         (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
         configurations on)."""
-        forward = evaluation.torch_forward(self.model, self.device, self.length_config)
-        out = evaluation.sorted_batch_logits(forward, features, self.batch_size, self.pad_to_max_length, progress)
+        out = evaluation.sorted_batch_logits(self.provider, features, self.batch_size, self.pad_to_max_length,
+                                             progress)
         return out.starts, out.ends
 
     # ---- answers ------------------------------------------------------------------------------
@@ -169,6 +240,98 @@ class QuestionAnswerer:
 
 
 # --------------------------------------------------------------------------------------------
+# ONNX Runtime and export
+# --------------------------------------------------------------------------------------------
+
+def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
+    """The backend combinations that exist, or a UsageError naming the flags."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and onnx_path is None:
+        raise UsageError("--backend onnxruntime needs --onnx FILE (write one with --export_onnx FILE)")
+    if backend != "onnxruntime" and onnx_path is not None:
+        raise UsageError("--onnx needs --backend onnxruntime")
+    if (backend == "onnxruntime" or int8) and torch.device(device).type != "cpu":
+        what = "--int8" if int8 else "--backend onnxruntime"
+        raise UsageError(f"{what} runs on the CPU (ONNX Runtime's CPU provider); drop --device {device}")
+
+
+def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
+    """An exported graph resolves keep fractions against the batch's width (a shape), which is the
+    longest real sequence only when batches are padded to their longest."""
+    if pad_to_max_length and length_drop.is_relative(length_config):
+        raise UsageError("--pad_to_max_length: an ONNX model with a relative length configuration needs "
+                         "batches padded to their longest (drop --pad_to_max_length)")
+
+
+def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
+                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None):
+    """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
+    ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
+    ``int8`` a float32 file is quantised into the cache first."""
+    if onnx_path is None:
+        path = _writing(cache_dir or onnx_cache.default_cache_dir(), "the ONNX cache", lambda: onnx_cache.exported_file(
+            folder, length_config, int8, int8_settings, cache_dir))
+        return ort_backend.OrtLogits(path, threads)
+    metadata = ort_backend.load_metadata(onnx_path)
+    ort_backend.check_matches_model(metadata, config, onnx_path)
+    if length_config is not None:
+        try:
+            onnx_export.check_length_config_of(metadata, length_config)
+        except ValueError as err:
+            raise UsageError(f"--onnx {onnx_path}: {err}") from None
+    if int8 and metadata.precision == "fp32":
+        onnx_path = _writing(cache_dir or onnx_cache.default_cache_dir(), "the ONNX cache",
+                             lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache_dir))
+    return ort_backend.OrtLogits(onnx_path, threads)
+
+
+def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, threads=None, cache_dir=None,
+                           int8_settings: Int8Settings = Int8Settings(), **settings) -> "QuestionAnswerer":
+    """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
+    exported (and quantised) into ``cache_dir`` (default: a temporary folder) unless already
+    there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = read_model_config(folder)
+    length_config = checked_length_config(length_config, config["num_hidden_layers"],
+                                          settings.get("max_seq_length", 384))
+    provider = onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
+    tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    return QuestionAnswerer(provider, tokenizer, **settings)
+
+
+def export_model(folder, path, length_config=None, max_seq_length=384, int8=False,
+                 int8_settings: Int8Settings = Int8Settings()):
+    """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
+    (float32, or int8 with ``int8``). Returns the file's metadata."""
+    config = read_model_config(folder)
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
+    model = load_model_checked(str(folder), "--model")
+
+    def write():
+        if not int8:
+            return onnx_export.export_onnx(model, path, length_config)
+        with tempfile.TemporaryDirectory(dir=Path(path).absolute().parent) as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            onnx_export.export_onnx(model, fp32, length_config)
+            return onnx_export.quantize_int8(fp32, path, int8_settings)
+    if Path(path).is_dir():
+        raise UsageError(f"--export_onnx {path}: is a folder")
+    return _writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
+
+
+def _writing(folder, what: str, write):
+    """``write()``, with a full disk or an unwritable place said in one line."""
+    try:
+        return write()
+    except OSError as err:
+        if files.is_disk_full(err, folder):
+            raise DiskFullError(f"no space left on {folder} while writing {what}") from None
+        raise UsageError(f"{what}: cannot write ({err})") from None
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 
@@ -198,10 +361,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--pad_to_max_length", action="store_true",
                    help="pad batches to --max_seq_length: exactly run_squad.py --do_eval's answers (slower)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch: the folder's weights; onnxruntime: the ONNX file --onnx (the folder gives "
+                        "the tokenizer and config)")
+    p.add_argument("--onnx", help="ONNX file to run with --backend onnxruntime (from --export_onnx)")
+    p.add_argument("--export_onnx", metavar="PATH",
+                   help="write the model at --length_config to this ONNX file (int8 with --int8) and exit")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 on the CPU: ONNX Runtime dynamic quantisation of the exported model (with the "
+                        "torch backend the model is exported into a temporary cache folder first)")
     return p
 
 
+def run_export(args) -> None:
+    if args.question is not None or args.context is not None or args.input or args.output:
+        raise UsageError("--export_onnx writes a file and answers nothing: drop --question/--context/--input/--output")
+    if args.backend != "torch" or args.onnx:
+        raise UsageError("--export_onnx exports the --model folder's weights: drop --backend onnxruntime/--onnx")
+    length_config = args.length_config
+    choice = length_menu.pick(args.model, read_model_config(args.model)["num_hidden_layers"], length_config,
+                              args.speedup, args.max_f1_drop, args.menu)
+    if choice is not None:  # export the menu's choice
+        print(f"inference.py: {choice.describe()}", file=sys.stderr)
+        length_config = json.dumps(list(choice.entry.length_config))
+    metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8)
+    config = "full length" if metadata.length_config is None else json.dumps(list(metadata.length_config))
+    print(f"wrote {args.export_onnx} ({metadata.precision}, {config})")
+
+
 def run(args) -> None:
+    if args.export_onnx:
+        run_export(args)
+        return
     single = args.question is not None or args.context is not None
     if single and args.input:
         raise UsageError("give --question/--context or --input, not both")
@@ -215,10 +406,15 @@ def run(args) -> None:
                 if args.input else None)
     if examples is not None and not examples:
         raise UsageError(f"--input {args.input}: no questions")
+    check_backend(args.backend, args.onnx, args.int8, args.device)
+    if args.int8 and args.backend == "torch":
+        print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
+              f"{onnx_cache.default_cache_dir()})", file=sys.stderr)
     qa = QuestionAnswerer.from_pretrained(
         args.model, args.length_config, args.max_seq_length, args.doc_stride, args.max_query_length,
         args.n_best_size, args.max_answer_length, args.batch_size, args.device, args.threads,
-        args.pad_to_max_length, args.speedup, args.max_f1_drop, args.menu)
+        args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx, int8=args.int8,
+        speedup=args.speedup, max_f1_drop=args.max_f1_drop, menu=args.menu)
     if qa.menu_choice is not None:
         print(f"inference.py: {qa.menu_choice.describe()}", file=sys.stderr)
     if single:

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
@@ -124,7 +125,12 @@ def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: 
     significance = significance.float()
     if always_keep_cls_token:
         significance[:, 0] = math.inf
-    order = torch.argsort(significance, dim=1, descending=True, stable=True)
+    if torch.compiler.is_compiling():
+        # torch.export (ONNX): a stable sort has no ONNX translation; ONNX TopK breaks ties toward
+        # the lower index, which is the stable order.
+        order = torch.topk(significance, significance.size(1), dim=1).indices
+    else:
+        order = torch.argsort(significance, dim=1, descending=True, stable=True)
     return order[:, :keep].sort(dim=1).values, order[:, keep:]
 
 
@@ -203,6 +209,10 @@ class BertSelfAttention(nn.Module):
         if _flash_significance_available(query):
             context, significance = flash_attention_with_significance(query, key, value, real_tokens,
                                                                       count_padding_queries)
+        elif torch.compiler.is_compiling():  # one block: a loop over a symbolic batch would fix its size
+            _, probs, context = self._batched(query, key, value, real_tokens)
+            significance = significance_from_probs(probs, real_tokens, count_padding_queries)
+            context, probs = context.transpose(1, 2), None
         else:
             context, significance = self._chunked_inference(query, key, value, real_tokens, count_padding_queries)
         return context.reshape(batch, seq_len, width), None, None, significance
@@ -245,11 +255,12 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 
 def _flash_significance_available(query: torch.Tensor) -> bool:
-    # Not under tracing: torchprofile (MACs) and exports see the explicit path, whose matmuls are
+    # Not under tracing or torch.export/compile: torchprofile (MACs) and exports see the explicit
+    # path, whose matmuls are
     # the model's MACs (the flash path's second pass adds 2n²H executed MACs that are not the
     # model's, and is a private aten op that exporters do not know).
     return (_FLASH_CPU is not None and query.device.type == "cpu" and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing())
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
 def flash_attention_with_significance(query, key, value, real_tokens, count_padding_queries):
@@ -318,7 +329,7 @@ class BertLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
                 options: ForwardOptions) -> LayerResult:
         # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
-        drops = keep is not None and keep < hidden.size(1)
+        drops, keep = _drop_decision(keep, hidden.size(1))
         attention_output, probs, scores, significance = self.attention(
             hidden, real_tokens, options=options, need_significance=drops)
         kept = dropped = None
@@ -328,6 +339,22 @@ class BertLayer(nn.Module):
             attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return LayerResult(layer_output, kept, dropped, probs, scores)
+
+
+def _drop_decision(keep, width) -> tuple[bool, object]:
+    """(whether the layer selects tokens, how many it keeps). A concrete width decides now: drop
+    only when ``keep < width``. A symbolic width (``torch.export``, e.g. the ONNX export with a
+    dynamic sequence axis) cannot be compared without fixing the graph to one side, so the graph
+    always selects ``min(keep, width)`` tokens: at widths <= keep that is every token in its
+    original order, which gives the logits of dropping nothing. Where keep >= width holds for
+    every size (e.g. a keep fraction of 1.0 on the first layer) nothing is selected."""
+    if keep is None:
+        return False, None
+    if isinstance(width, torch.SymInt) or isinstance(keep, torch.SymInt):
+        if statically_known_true(keep >= width):
+            return False, keep
+        return True, torch.sym_min(keep, width)
+    return keep < width, keep
 
 
 class BertEncoder(nn.Module):
