@@ -46,7 +46,7 @@ import files  # noqa: E402
 import postprocess  # noqa: E402
 import utils_squad  # noqa: E402
 from evaluate_squad import evaluate_answers  # noqa: E402
-from inference import QuestionAnswerer  # noqa: E402
+from inference import QuestionAnswerer, onnx_question_answerer  # noqa: E402
 from length_drop import is_relative  # noqa: E402
 
 PAD_LOGIT = -np.inf
@@ -175,25 +175,25 @@ def parse_config(text: str):
 
 
 def our_systems(model_dir: Path, configs, backends, threads: int, workdir: Path) -> list[System]:
-    """Ours, per configuration and backend, through the inference module's own API."""
+    """Ours, per configuration and backend, through the inference module's own API: the logits
+    provider a ``QuestionAnswerer`` runs (the torch model, or the ONNX Runtime session)."""
     systems = []
     for name, config in configs:
         for backend in backends:
             qa = our_answerer(model_dir, config, backend, threads, workdir)
-            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest",
-                                  qa.backend_logits if hasattr(qa, "backend_logits") else _torch_run(qa),
-                                  config))
+            run = (lambda provider: lambda inputs: provider(
+                inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]))(qa.provider)
+            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest", run, config))
     return systems
-
-
-def _torch_run(qa):
-    return torch_runner(qa.model, length_config=qa.length_config)
 
 
 def our_answerer(model_dir, config, backend, threads, workdir):
     if backend == "torch":
         return QuestionAnswerer.from_pretrained(model_dir, length_config=config, threads=threads)
-    raise SystemExit(f"backend {backend!r} is not available in this version of inference.py")
+    if backend in ("onnxruntime", "int8"):
+        return onnx_question_answerer(model_dir, config, int8=backend == "int8", threads=threads,
+                                      cache_dir=workdir / "ours")
+    raise SystemExit(f"--backends: unknown backend {backend!r} (torch, onnxruntime, int8)")
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -227,7 +227,8 @@ def parse_args(argv=None):
     p.add_argument("--max_questions", type=int, default=500)
     p.add_argument("--config", action="append", default=None,
                    help="'full' or NAME:JSON (repeatable); default: full only")
-    p.add_argument("--backends", default="torch", help="ours: comma list of torch, onnxruntime, int8")
+    p.add_argument("--backends", default="torch,onnxruntime,int8",
+                   help="ours: comma list of torch (fp32), onnxruntime (fp32), int8 (ONNX Runtime)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batch_sizes", default="1,32")
     p.add_argument("--time_features", type=int, default=128, help="features timed at batch > 1")
