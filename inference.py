@@ -96,6 +96,14 @@ def read_model_config(folder) -> dict:
     return config
 
 
+def set_threads(threads) -> None:
+    """torch's threads (ONNX Runtime's are set per session from the same number)."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 class LogitsProvider(Protocol):
     """What ``QuestionAnswerer`` gets its logits from: one batch of features (int64 ``[B, W]``,
     padded to its longest) -> start and end logits, float32 numpy ``[B, W]``."""
@@ -159,10 +167,7 @@ class QuestionAnswerer:
         (``int8=True`` quantises a float32 file into ``cache_dir`` first).
         ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
         configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
-        if threads is not None:
-            if threads < 1:
-                raise UsageError(f"--threads must be at least 1, got {threads}")
-            torch.set_num_threads(threads)
+        set_threads(threads)
         check_backend(backend, onnx_path, int8, device)
         config = read_model_config(folder)  # a wrong length configuration is said before any weights load
         layers = config["num_hidden_layers"]
@@ -269,9 +274,10 @@ def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
     """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
     ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
     ``int8`` a float32 file is quantised into the cache first."""
+    cache = cache_dir or onnx_cache.default_cache_dir()
     if onnx_path is None:
-        path = _writing(cache_dir or onnx_cache.default_cache_dir(), "the ONNX cache", lambda: onnx_cache.exported_file(
-            folder, length_config, int8, int8_settings, cache_dir))
+        path = _writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
+            folder, length_config, int8, int8_settings, cache))
         return ort_backend.OrtLogits(path, threads)
     metadata = ort_backend.load_metadata(onnx_path)
     ort_backend.check_matches_model(metadata, config, onnx_path)
@@ -281,8 +287,7 @@ def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
         except ValueError as err:
             raise UsageError(f"--onnx {onnx_path}: {err}") from None
     if int8 and metadata.precision == "fp32":
-        onnx_path = _writing(cache_dir or onnx_cache.default_cache_dir(), "the ONNX cache",
-                             lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache_dir))
+        onnx_path = _writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
     return ort_backend.OrtLogits(onnx_path, threads)
 
 
@@ -291,11 +296,11 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
     exported (and quantised) into ``cache_dir`` (default: a temporary folder) unless already
     there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     config = read_model_config(folder)
     length_config = checked_length_config(length_config, config["num_hidden_layers"],
                                           settings.get("max_seq_length", 384))
+    check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
     provider = onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
     tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
     return QuestionAnswerer(provider, tokenizer, **settings)
@@ -307,17 +312,17 @@ def export_model(folder, path, length_config=None, max_seq_length=384, int8=Fals
     (float32, or int8 with ``int8``). Returns the file's metadata."""
     config = read_model_config(folder)
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
+    if Path(path).is_dir():
+        raise UsageError(f"--export_onnx {path}: is a folder")
     model = load_model_checked(str(folder), "--model")
 
     def write():
         if not int8:
             return onnx_export.export_onnx(model, path, length_config)
-        with tempfile.TemporaryDirectory(dir=Path(path).absolute().parent) as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # the float32 export, quantised into path
             fp32 = Path(tmp) / "fp32.onnx"
             onnx_export.export_onnx(model, fp32, length_config)
             return onnx_export.quantize_int8(fp32, path, int8_settings)
-    if Path(path).is_dir():
-        raise UsageError(f"--export_onnx {path}: is a folder")
     return _writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
 
 
