@@ -236,6 +236,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None, help="ONNX files (default: a temporary folder)")
     p.add_argument("--output", default=None, help="results JSON")
+    p.add_argument("--scores_from", default=None,
+                   help="take F1/EM from this earlier results JSON (same model, questions and systems) and "
+                   "only time: for re-timing on a quieter machine")
     return p.parse_args(argv)
 
 
@@ -258,6 +261,10 @@ def main(argv=None):
     print(f"{len(examples)} questions, {n} features, mean {lengths.mean():.0f} real tokens of "
           f"{features.input_ids.shape[1]}")
 
+    earlier = None
+    if args.scores_from:
+        earlier = {(r["system"], r["batch_size"]): {"f1": r["f1"], "exact_match": r["exact_match"]}
+                   for r in json.loads(Path(args.scores_from).read_text())["rows"]}
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -270,6 +277,14 @@ def main(argv=None):
             sorted_base = seconds["transformers, sorted + longest"]
             padded_base = seconds["transformers, padded to 384"]
             for system in systems:
+                if earlier is not None:
+                    rows.append(dict(system=system.name, family=system.family, threads=threads,
+                                     batch_size=batch_size, length_config=system.length_config,
+                                     seconds=seconds[system.name], timed_features=len(timed),
+                                     speedup_vs_sorted=sorted_base / seconds[system.name],
+                                     speedup_vs_padded=padded_base / seconds[system.name],
+                                     **earlier[(system.name, batch_size)]))
+                    continue
                 # Logits depend on the batching only through relative configurations (resolved per
                 # batch); other systems are scored once, at the largest batch size.
                 needs_score = threads == threads_list[-1] and (
