@@ -53,7 +53,7 @@ import onnx_export
 import ort_backend
 import postprocess
 import utils_squad
-from errors import PROJECT_ERRORS, DiskFullError, UsageError, exit_code
+from errors import PROJECT_ERRORS, UsageError, exit_code
 from loading import load_model_checked, load_tokenizer
 from onnx_export import Int8Settings
 
@@ -152,7 +152,7 @@ class QuestionAnswerer:
             if length_config is not None:
                 raise UsageError("a logits provider brings its own length configuration; give none")
             self.provider, self.model, self.length_config = model, None, model.length_config
-            check_onnx_padding(self.length_config, pad_to_max_length)
+            ort_backend.check_onnx_padding(self.length_config, pad_to_max_length)
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
@@ -176,7 +176,7 @@ class QuestionAnswerer:
         if choice is not None:
             length_config = checked_length_config(choice.entry.length_config, layers, max_seq_length)
         if backend == "onnxruntime" or int8:
-            check_onnx_padding(length_config, pad_to_max_length)
+            ort_backend.check_onnx_padding(length_config, pad_to_max_length)
         tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
         settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
         if backend == "torch" and not int8:
@@ -186,8 +186,8 @@ class QuestionAnswerer:
                                               batch_size)
             qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
         else:
-            provider = onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings, threads,
-                                     cache_dir)
+            provider = ort_backend.onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings,
+                                                 threads, cache_dir)
             qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
         qa.menu_choice = choice
         return qa
@@ -261,36 +261,6 @@ def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
         raise UsageError(f"{what} runs on the CPU (ONNX Runtime's CPU provider); drop --device {device}")
 
 
-def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
-    """An exported graph resolves keep fractions against the batch's width (a shape), which is the
-    longest real sequence only when batches are padded to their longest."""
-    if pad_to_max_length and length_drop.is_relative(length_config):
-        raise UsageError("--pad_to_max_length: an ONNX model with a relative length configuration needs "
-                         "batches padded to their longest (drop --pad_to_max_length)")
-
-
-def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
-                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None):
-    """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
-    ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
-    ``int8`` a float32 file is quantised into the cache first."""
-    cache = cache_dir or onnx_cache.default_cache_dir()
-    if onnx_path is None:
-        path = _writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
-            folder, length_config, int8, int8_settings, cache))
-        return ort_backend.OrtLogits(path, threads)
-    metadata = ort_backend.load_metadata(onnx_path)
-    ort_backend.check_matches_model(metadata, config, onnx_path)
-    if length_config is not None:
-        try:
-            onnx_export.check_length_config_of(metadata, length_config)
-        except ValueError as err:
-            raise UsageError(f"--onnx {onnx_path}: {err}") from None
-    if int8 and metadata.precision == "fp32":
-        onnx_path = _writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
-    return ort_backend.OrtLogits(onnx_path, threads)
-
-
 def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, threads=None, cache_dir=None,
                            int8_settings: Int8Settings = Int8Settings(), **settings) -> "QuestionAnswerer":
     """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
@@ -300,8 +270,8 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     config = read_model_config(folder)
     length_config = checked_length_config(length_config, config["num_hidden_layers"],
                                           settings.get("max_seq_length", 384))
-    check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
-    provider = onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
+    ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
+    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
     tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
     return QuestionAnswerer(provider, tokenizer, **settings)
 
@@ -323,17 +293,7 @@ def export_model(folder, path, length_config=None, max_seq_length=384, int8=Fals
             fp32 = Path(tmp) / "fp32.onnx"
             onnx_export.export_onnx(model, fp32, length_config)
             return onnx_export.quantize_int8(fp32, path, int8_settings)
-    return _writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
-
-
-def _writing(folder, what: str, write):
-    """``write()``, with a full disk or an unwritable place said in one line."""
-    try:
-        return write()
-    except OSError as err:
-        if files.is_disk_full(err, folder):
-            raise DiskFullError(f"no space left on {folder} while writing {what}") from None
-        raise UsageError(f"{what}: cannot write ({err})") from None
+    return ort_backend.writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn

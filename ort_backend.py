@@ -3,7 +3,8 @@
 ``OrtLogits`` is a logits provider for ``inference.QuestionAnswerer``: called with one batch
 (padded to its longest feature), it returns the start and end logits as numpy arrays. The file
 carries its length configuration (``onnx_export.OnnxMetadata``); checks here compare it with the
-model folder the tokenizer comes from.
+model folder the tokenizer comes from. ``onnx_provider`` sets one up from inference.py's flags
+(a given file, or the folder's cached export; int8 quantised into the cache when asked).
 """
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UsageError
-from onnx_export import INPUT_NAMES, OUTPUT_NAMES, OnnxMetadata, read_metadata
+import files
+import length_drop
+import onnx_cache
+import onnx_export
+from errors import DiskFullError, UsageError
+from onnx_export import INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OnnxMetadata, read_metadata
 from settings import first_line
 
 
@@ -80,3 +85,47 @@ class OrtLogits:
 
 def _numpy(value):
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Setting a backend up from the flags
+# --------------------------------------------------------------------------------------------
+
+def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
+    """An exported graph resolves keep fractions against the batch's width (a shape), which is the
+    longest real sequence only when batches are padded to their longest."""
+    if pad_to_max_length and length_drop.is_relative(length_config):
+        raise UsageError("--pad_to_max_length: an ONNX model with a relative length configuration needs "
+                         "batches padded to their longest (drop --pad_to_max_length)")
+
+
+def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
+                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None):
+    """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
+    ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
+    ``int8`` a float32 file is quantised into the cache first."""
+    cache = cache_dir or onnx_cache.default_cache_dir()
+    if onnx_path is None:
+        path = writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
+            folder, length_config, int8, int8_settings, cache))
+        return OrtLogits(path, threads)
+    metadata = load_metadata(onnx_path)
+    check_matches_model(metadata, config, onnx_path)
+    if length_config is not None:
+        try:
+            onnx_export.check_length_config_of(metadata, length_config)
+        except ValueError as err:
+            raise UsageError(f"--onnx {onnx_path}: {err}") from None
+    if int8 and metadata.precision == "fp32":
+        onnx_path = writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
+    return OrtLogits(onnx_path, threads)
+
+
+def writing(folder, what: str, write):
+    """``write()``, with a full disk or an unwritable place said in one line."""
+    try:
+        return write()
+    except OSError as err:
+        if files.is_disk_full(err, folder):
+            raise DiskFullError(f"no space left on {folder} while writing {what}") from None
+        raise UsageError(f"{what}: cannot write ({err})") from None

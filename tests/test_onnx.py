@@ -207,44 +207,46 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
     assert sum(answers[0][k] == answers[1][k] for k in answers[0]) >= 0.8 * len(answers[0])
 
 
-def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch):
+def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch, capsys):
+    """In-process runs of inference.main (the subprocess path is tested above)."""
     cache = tmp_path / "cache"
+    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(cache))
     dev = ws["squad"] / "dev-v1.1.json"
     config = json.dumps(list(RELATIVE))
-    env = {onnx_cache.CACHE_ENV: str(cache)}
-    proc = run_cli("--model", ws["model_dir"], "--length_config", config, "--int8", "--input", dev,
-                   "--output", tmp_path / "torch_int8.json", *LENGTHS, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--int8 runs an int8 ONNX Runtime copy" in proc.stderr
+
+    def main(*args):
+        assert inference.main([str(a) for a in args]) == 0
+        return capsys.readouterr()
+    out = main("--model", ws["model_dir"], "--length_config", config, "--int8", "--input", dev,
+               "--output", tmp_path / "torch_int8.json", *LENGTHS)
+    assert f"--int8 runs an int8 ONNX Runtime copy of the model (exported once into {cache})" in out.err
+    expected = json.loads((tmp_path / "torch_int8.json").read_text())
     cached = sorted(p.name for p in cache.iterdir())
     assert len(cached) == 2 and sum(n.endswith("-int8.onnx") for n in cached) == 1  # fp32 export, int8 form
     exported = tmp_path / "int8.onnx"
-    proc = run_cli("--model", ws["model_dir"], "--length_config", config, "--export_onnx", exported, "--int8")
-    assert proc.returncode == 0 and "(int8, " in proc.stdout, proc.stderr[-3000:]
+    assert "(int8, " in main("--model", ws["model_dir"], "--length_config", config, "--export_onnx", exported,
+                             "--int8").out
     # an int8 file runs as it is; a float32 one with --int8 is quantised into the cache (the same file)
     for onnx_file in (exported, ws["onnx"]["relative"]):
-        proc = run_cli("--model", ws["model_dir"], "--backend", "onnxruntime", "--onnx", onnx_file, "--int8",
-                       "--input", dev, "--output", tmp_path / "ort_int8.json", *LENGTHS, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert json.loads((tmp_path / "ort_int8.json").read_text()) == json.loads(
-            (tmp_path / "torch_int8.json").read_text())
+        main("--model", ws["model_dir"], "--backend", "onnxruntime", "--onnx", onnx_file, "--int8",
+             "--input", dev, "--output", tmp_path / "ort_int8.json", *LENGTHS)
+        assert json.loads((tmp_path / "ort_int8.json").read_text()) == expected
+    assert sorted(p.name for p in cache.iterdir()) == cached
     # the API's cache: the same configuration is exported once
-    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(cache))
     first = onnx_cache.exported_file(ws["model_dir"], RELATIVE)
     mtime = first.stat().st_mtime_ns
     assert onnx_cache.exported_file(ws["model_dir"], RELATIVE) == first and first.stat().st_mtime_ns == mtime
     assert onnx_cache.exported_file(ws["model_dir"], RELATIVE, int8=True).name in cached
+    assert onnx_cache.exported_file(ws["model_dir"], ABSOLUTE) != first
     qa = inference.onnx_question_answerer(ws["model_dir"], RELATIVE, int8=True, max_seq_length=128, doc_stride=32)
-    assert qa.predict(utils_squad.read_squad_examples(dev, False))[0] == json.loads(
-        (tmp_path / "torch_int8.json").read_text())
+    assert qa.predict(utils_squad.read_squad_examples(dev, False))[0] == expected
 
 
 # ---- the command line's errors --------------------------------------------------------------------
 
-def run_cli(*args, env=None):
-    import os
+def run_cli(*args):
     return subprocess.run([sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 def cli_error(capsys, *args) -> str:
