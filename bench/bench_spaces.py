@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -62,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--rates", default="1.0,0.95,0.9,0.85,0.8,0.75,0.7", help="constant-rate sweep (both spaces)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--front", default="time", choices=["time", "macs"],
+                   help="which front to re-time: each search's menu (F1 against the search's timed speedup) "
+                   "or the rows' front of F1 against MACs (when the search's one-by-one timings were "
+                   "disturbed by other load)")
     return p.parse_args(argv)
 
 
@@ -87,6 +92,19 @@ def dev_features(a, out: Path):
     evaluator = evaluation.DevEvaluator(settings.eval, settings.data, load_tokenizer(settings.model), runtime,
                                         a.max_questions, sorted_batches=True)
     return evaluator.features, runtime.device
+
+
+def macs_front(csv_path: Path) -> list:
+    """The search rows' Pareto front of F1 against MACs ratio, as menu entries."""
+    from search import pareto_flags  # the search's own dominance rule
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    flags = pareto_flags([(float(r["f1"]), -float(r["macs_ratio"])) for r in rows])
+    return [length_menu.MenuEntry(length_config=tuple(json.loads(r["length_config"])), f1=float(r["f1"]),
+                                  exact_match=float(r["exact_match"]), macs_ratio=float(r["macs_ratio"]),
+                                  measured_speedup=None, speedup=float(r["macs_ratio"]), source=r["backend"])
+            for r, keep in zip(rows, flags) if keep]
 
 
 def retime(model, features, device, batch_size: int, configs: list, repeats: int) -> list[float]:
@@ -142,7 +160,9 @@ def main(argv=None) -> int:
         print(f"bench_spaces.py: error: {e}", file=sys.stderr)
         return exit_code(e)
     full = menus["absolute"].full
-    entries = [("absolute", full)] + [(space, e) for space in SPACES for e in menus[space].entries
+    fronts = {space: macs_front(out / space / "search_results.csv") if a.front == "macs" else menus[space].entries
+              for space in SPACES}
+    entries = [("absolute", full)] + [(space, e) for space in SPACES for e in fronts[space]
                                       if e.length_config != menus[space].full.length_config]
     seconds = retime(model, features, device, a.batch_size, [None] + [e.length_config for _, e in entries[1:]],
                      a.repeats)
