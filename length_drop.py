@@ -98,36 +98,25 @@ def check_length_config(value, num_hidden_layers: int, max_seq_length: int | Non
         raise ValueError(f"{name}: expected {expected}; got {len(value)} entries (a configuration for "
                          f"{len(value)} layers): {list(value)}")
     if is_relative(value):
-        return _check_fractions(value, expected, non_increasing, name)
-    lengths = []
+        kind, convert = numbers.Real, float
+        outside = lambda v: not 0 < v <= 1  # noqa: E731  (also refuses nan)
+        where = "a keep fraction outside (0, 1] (integers and fractions cannot be mixed)"
+    else:
+        kind, convert = numbers.Integral, int
+        outside = lambda v: v < 1 or (max_seq_length is not None and v > max_seq_length)  # noqa: E731
+        where = f"outside [1, {max_seq_length or 'inf'}]"
+    entries = []
     for index, entry in enumerate(value):
-        if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
+        if isinstance(entry, bool) or not isinstance(entry, kind):
             raise ValueError(f"{name}: expected {expected}; entry {index} is {_describe(entry)}")
-        entry = int(entry)
-        if entry < 1 or (max_seq_length is not None and entry > max_seq_length):
-            raise ValueError(f"{name}: expected {expected}; entry {index} is {entry}, "
-                             f"outside [1, {max_seq_length or 'inf'}]")
-        if non_increasing and lengths and entry > lengths[-1]:
+        entry = convert(entry)
+        if outside(entry):
+            raise ValueError(f"{name}: expected {expected}; entry {index} is {entry}, {where}")
+        if non_increasing and entries and entry > entries[-1]:
             raise ValueError(f"{name}: expected {expected}; entry {index} ({entry}) is larger "
-                             f"than entry {index - 1} ({lengths[-1]})")
-        lengths.append(entry)
-    return tuple(lengths)
-
-
-def _check_fractions(value, expected: str, non_increasing: bool, name: str) -> tuple[float, ...]:
-    fractions = []
-    for index, entry in enumerate(value):
-        if isinstance(entry, bool) or not isinstance(entry, numbers.Real):
-            raise ValueError(f"{name}: expected {expected}; entry {index} is {_describe(entry)}")
-        entry = float(entry)
-        if not 0 < entry <= 1:  # also refuses nan
-            raise ValueError(f"{name}: expected {expected}; entry {index} is {entry}, a keep fraction "
-                             f"outside (0, 1] (integers and fractions cannot be mixed)")
-        if non_increasing and fractions and entry > fractions[-1]:
-            raise ValueError(f"{name}: expected {expected}; entry {index} ({entry}) is larger "
-                             f"than entry {index - 1} ({fractions[-1]})")
-        fractions.append(entry)
-    return tuple(fractions)
+                             f"than entry {index - 1} ({entries[-1]})")
+        entries.append(entry)
+    return tuple(entries)
 
 
 def _binomial(rng: random.Random, trials: int, prob: float) -> int:
