@@ -221,7 +221,13 @@ def record_eval(output_dir, results: dict, step=None, writer=None) -> None:
     if writer is not None and step is not None:
         for k in ("exact_match", "f1", "macs", "macs_ratio", "eval_seconds"):
             writer.add_scalar(f"eval/{k}", results[k], step)
+        for tracked in results.get("tracked", ()):
+            name = ",".join(f"{v:g}" for v in tracked["length_config"])
+            writer.add_scalar(f"eval_tracked/f1 [{name}]", tracked["f1"], step)
     logger.info("eval%s: EM %.2f | F1 %.2f | MACs %.3g (%.2fx fewer; %s) | %d questions | %.1fs (%s batches)",
                 f" [step {step}]" if step is not None else "", results["exact_match"], results["f1"],
                 results["macs"], results["macs_ratio"], results.get("macs_basis", "padded"),
                 results["questions"], results["eval_seconds"], results.get("batching", "padded"))
+    for tracked in results.get("tracked", ()):
+        logger.info("  tracked %s: F1 %.2f (%.2fx fewer MACs)", tracked["length_config"], tracked["f1"],
+                    tracked["macs_ratio"])

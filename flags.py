@@ -54,6 +54,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a("--logging_steps", type=int, default=500)
     a("--save_steps", type=int, default=500)
     a("--seed", type=int, default=42)
+    a("--train_padding", default="max_length", choices=["max_length", "longest"],
+      help="training batches padded to --max_seq_length (default, the reference's) or cut to their "
+      "longest real sequence, with every span softmax over real tokens only (faster; not with the "
+      "hidden-state or attention loss, which average over padded positions)")
+    a("--group_by_length", action="store_true",
+      help="training batches of features of similar length (transformers' group_by_length: "
+      "megabatches of 50 batches sorted by length), so --train_padding longest cuts more padding")
     a("--no_cuda", action="store_true")
     a("--fp16", action="store_true", help="float16 autocast with loss scaling (CUDA)")
     a("--bf16", action="store_true", help="bfloat16 autocast")
@@ -82,6 +89,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a("--layer_dropout_bound", type=int, default=0, help="most layers a sub-model skips (LAT: a count)")
     a("--conventional_inplace_kl", action="store_true",
       help="sub-models minimise KL(full || sub) instead of the reference's KL(sub || full)")
+    a("--track_length_configs", default=None,
+      help="JSON list of length configurations (token counts or keep fractions) also evaluated at "
+      "every evaluation during training, e.g. '[[1.0, 0.9, 0.81, 0.73, 0.66, 0.59]]': robustness "
+      "curves in eval_results.json ('tracked') and TensorBoard (eval_tracked/)")
     a("--sandwich_full_weight", type=float, default=None,
       help="the full model's share of the sandwich loss, in (0, 1]; the sub-models share the rest "
       "equally (default: the reference's 1 / (num_sandwich + 2) for every model)")

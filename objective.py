@@ -2,6 +2,7 @@
 sandwich rule's sub-models (LAT) with their in-place distillation and weights."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
@@ -12,13 +13,41 @@ from checkpoints import unwrap
 from settings import ObjectiveSettings, SandwichSettings
 
 
+# Span logit given to padded positions when the losses run over real tokens only: exp() of it is
+# exactly 0 in float32 next to any real logit, and unlike -inf it keeps KL terms finite.
+PADDING_LOGIT = -1e4
+
+
+def mask_padding_logits(outputs, attention_mask, start_positions=None, end_positions=None):
+    """``outputs`` with padded positions' span logits set to ``PADDING_LOGIT`` and the span loss
+    recomputed from them: every softmax (span loss, prediction and in-place distillation) then
+    runs over real tokens only, so a batch padded to --max_seq_length and the same batch cut to
+    its longest real sequence give the same losses (``--train_padding longest``)."""
+    from modeling_bert import BertForQuestionAnswering
+
+    padded = attention_mask == 0
+    start = outputs.start_logits.masked_fill(padded, PADDING_LOGIT)
+    end = outputs.end_logits.masked_fill(padded, PADDING_LOGIT)
+    loss = BertForQuestionAnswering._span_loss(start, end, start_positions, end_positions)
+    return dataclasses.replace(outputs, loss=loss, start_logits=start, end_logits=end)
+
+
 class Objective:
     """The loss of one step for the full model, chosen by the flags, plus the sandwich's
-    in-place distillation for sub-models."""
+    in-place distillation for sub-models. ``real_tokens_only``: every span softmax ignores
+    padded positions (``mask_padding_logits``)."""
 
-    def __init__(self, settings: ObjectiveSettings, teacher=None):
+    def __init__(self, settings: ObjectiveSettings, teacher=None, real_tokens_only: bool = False):
         self.settings = settings
         self.teacher = teacher
+        self.real_tokens_only = real_tokens_only
+
+    def span_outputs(self, outputs, inputs):
+        """The model's (or teacher's) outputs as the losses see them."""
+        if not self.real_tokens_only or outputs is None:
+            return outputs
+        return mask_padding_logits(outputs, inputs["attention_mask"], inputs.get("start_positions"),
+                                   inputs.get("end_positions"))
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -36,9 +65,10 @@ class Objective:
         if self.teacher is None:
             return None
         with torch.no_grad():
-            return self.teacher(**inputs, output_hidden_states=self.needs_hidden_states,
-                                output_attentions=self.needs_attention_probs,
-                                output_attention_scores=self.needs_attention_scores)
+            outputs = self.teacher(**inputs, output_hidden_states=self.needs_hidden_states,
+                                   output_attentions=self.needs_attention_probs,
+                                   output_attention_scores=self.needs_attention_scores)
+            return self.span_outputs(outputs, inputs)
 
     def full_model_loss(self, model, outputs, teacher_out) -> tuple[torch.Tensor, dict]:
         """Loss of the full model, and its named terms for logging."""

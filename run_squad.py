@@ -78,16 +78,26 @@ def run_training(settings: Settings, model, teacher, tokenizer, runtime, evaluat
 
     def eval_fn(m, step):
         results = evaluator(m, settings.model.length_config)
+        if settings.train.track_length_configs:
+            results["tracked"] = [tracked_summary(evaluator(m, c, write_predictions=False))
+                                  for c in settings.train.track_length_configs]
         record_eval(settings.output_dir, results, step, writer)
         summary["last_eval"] = results
         return results
 
     summary["train"] = train(settings.train, settings.sandwich, settings.training_args, model, tokenizer,
-                             Objective(settings.objective, teacher), features.train_dataset(), runtime,
+                             Objective(settings.objective, teacher,
+                                       real_tokens_only=settings.train.train_padding == "longest"),
+                             features.train_dataset(), runtime,
                              eval_fn, writer)
     if writer is not None:
         writer.close()
     return summary
+
+
+def tracked_summary(results: dict) -> dict:
+    """What eval_results.json keeps of a tracked configuration's evaluation."""
+    return {k: results[k] for k in ("length_config", "exact_match", "f1", "macs_ratio", "batching")}
 
 
 def run_evaluation(settings: Settings, model, evaluator: DevEvaluator, summary: dict) -> dict:

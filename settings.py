@@ -111,6 +111,9 @@ class TrainSettings:
     save_only_best: bool
     resume_from_checkpoint: str | None
     precision: str
+    train_padding: str        # "max_length" (the reference's) or "longest"
+    group_by_length: bool
+    track_length_configs: tuple = ()  # configurations evaluated beside the model's at each evaluation
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,44 @@ def build_settings(args: argparse.Namespace) -> Settings:
         data=group_from(DataSettings, args, train_path=train_path, predict_path=predict_path),
         objective=group_from(ObjectiveSettings, args),
         sandwich=group_from(SandwichSettings, args, length_config=length_config),
-        train=group_from(TrainSettings, args, precision=precision),
+        train=group_from(TrainSettings, args, precision=precision, train_padding=check_train_padding(args),
+                         track_length_configs=parse_track_length_configs(args, model_shape["num_hidden_layers"])),
         eval=group_from(EvalSettings, args, precision=precision),
         runtime=group_from(RuntimeSettings, args),
         search=search_settings,
         training_args=training_args)
+
+
+def check_train_padding(args) -> str:
+    """--train_padding longest changes only the span softmaxes (real tokens only); the step-2
+    losses average over padded positions, so there it would change the loss's scale."""
+    if args.train_padding == "longest" and (args.state_loss_ratio > 0 or args.att_loss_ratio > 0):
+        raise UsageError("--train_padding longest: the hidden-state and attention losses average over "
+                         "padded positions; give --train_padding max_length with them")
+    return args.train_padding
+
+
+def parse_track_length_configs(args, num_hidden_layers: int) -> tuple:
+    """--track_length_configs: a JSON list of configurations, each checked as --length_config is."""
+    if args.track_length_configs is None:
+        return ()
+    if not (args.evaluate_during_training and args.do_train):
+        raise UsageError("--track_length_configs is evaluated during training: it needs --do_train "
+                         "--evaluate_during_training")
+    try:
+        value = json.loads(args.track_length_configs)
+    except ValueError as e:
+        raise UsageError(f"--track_length_configs: not JSON ({e}); expected a list of configurations, "
+                         "e.g. '[[1.0, 0.9, 0.81]]'") from None
+    if not isinstance(value, list) or not value:
+        raise UsageError("--track_length_configs: expected a non-empty JSON list of configurations")
+    configs = []
+    for index, config in enumerate(value):
+        try:
+            configs.append(length_drop.parse_length_config(config, num_hidden_layers, args.max_seq_length))
+        except ValueError as e:
+            raise UsageError(f"--track_length_configs entry {index}: {e}") from None
+    return tuple(configs)
 
 
 def resolve_data_file(args, name: str) -> Path:

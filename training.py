@@ -43,6 +43,7 @@ def train_step(precision: str, sandwich: SandwichSettings, model, objective: Obj
                                 output_hidden_states=(i == 0 and objective.needs_hidden_states),
                                 output_attentions=(i == 0 and objective.needs_attention_probs),
                                 output_attention_scores=(i == 0 and objective.needs_attention_scores))
+                outputs = objective.span_outputs(outputs, inputs)
                 if i == 0:
                     loss, step_terms = objective.full_model_loss(model, outputs, teacher_out)
                     full_start, full_end = outputs.start_logits.detach(), outputs.end_logits.detach()
@@ -74,17 +75,51 @@ def make_optimizer(settings: TrainSettings, model, num_training_steps: int):
     return optimizer, scheduler
 
 
-def epoch_batches(dataset, batch_size: int, epoch: int, seed: int, runtime: Runtime):
+# transformers' group_by_length: features are sorted by length within megabatches of this many
+# batches, so batches hold similar lengths while the epoch's order stays random.
+MEGABATCH_BATCHES = 50
+
+
+def epoch_batches(dataset, settings: TrainSettings, epoch: int, runtime: Runtime):
     """This rank's batches of one epoch, in an order fixed by (seed, epoch) alone, so a resumed
-    run sees exactly the batches an uninterrupted run would."""
+    run sees exactly the batches an uninterrupted run would. ``--group_by_length`` groups
+    similar lengths; ``--train_padding longest`` cuts each batch to its longest real sequence."""
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank,
-                                 shuffle=True, seed=seed)
+                                 shuffle=True, seed=settings.seed)
     sampler.set_epoch(epoch)
     indices = torch.tensor(list(sampler))
-    for start in range(0, len(indices), batch_size):
-        yield dataset[indices[start:start + batch_size]]
+    batch_size = settings.per_gpu_train_batch_size
+    batches = list(indices.split(batch_size))
+    if settings.group_by_length:
+        lengths = dataset.tensors[1].sum(1)  # the attention mask's real tokens
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+        batches = length_grouped_batches(indices, lengths, batch_size, generator)
+    for batch in batches:
+        tensors = dataset[batch]
+        yield trim_to_longest(tensors) if settings.train_padding == "longest" else tensors
+
+
+def length_grouped_batches(indices: torch.Tensor, lengths: torch.Tensor, batch_size: int,
+                           generator: torch.Generator) -> list[torch.Tensor]:
+    """``indices`` (already shuffled) cut into megabatches, each sorted by length (longest first)
+    and split into batches; the batches' order is then shuffled with ``generator``. Every index
+    appears exactly once; a short last batch stays last (the loop drops incomplete accumulations)."""
+    batches = []
+    for mega in indices.split(batch_size * MEGABATCH_BATCHES):
+        order = torch.argsort(-lengths[mega], stable=True)
+        batches.extend(mega[order].split(batch_size))
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    return [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + short
+
+
+def trim_to_longest(batch: tuple) -> tuple:
+    """(input_ids, attention_mask, token_type_ids, starts, ends) cut to the longest real sequence."""
+    input_ids, attention_mask, token_type_ids, *positions = batch
+    width = max(1, int(attention_mask.sum(1).max()))
+    return (input_ids[:, :width], attention_mask[:, :width], token_type_ids[:, :width], *positions)
 
 
 def schedule_length(settings: TrainSettings, num_features: int, world_size: int) -> tuple[int, int, int]:
@@ -139,9 +174,10 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
         save_checkpoint(Path(settings.output_dir) / name, model, tokenizer, training_args, state)
 
     accumulation = settings.gradient_accumulation_steps
-    logger.info("training: %d features, %d epochs, %d optimisation steps, batch %d x %d GPUs x %d accumulation",
-                len(train_dataset), num_epochs, total_steps, settings.per_gpu_train_batch_size,
-                runtime.world_size, accumulation)
+    logger.info("training: %d features, %d epochs, %d optimisation steps, batch %d x %d GPUs x %d accumulation, "
+                "padded to %s%s", len(train_dataset), num_epochs, total_steps, settings.per_gpu_train_batch_size,
+                runtime.world_size, accumulation, settings.train_padding,
+                ", grouped by length" if settings.group_by_length else "")
     num_layers = raw_model.config.num_hidden_layers
     running = defaultdict(float)
     logged_steps = 0
@@ -152,8 +188,7 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
     first_epoch, skip_batches = divmod(global_step, steps_per_epoch)
     skip_batches *= accumulation
     for epoch in range(first_epoch, num_epochs):
-        for batch_index, batch in enumerate(epoch_batches(train_dataset, settings.per_gpu_train_batch_size,
-                                                          epoch, settings.seed, runtime)):
+        for batch_index, batch in enumerate(epoch_batches(train_dataset, settings, epoch, runtime)):
             if epoch == first_epoch and batch_index < skip_batches:
                 continue
             if batch_index >= steps_per_epoch * accumulation:
