@@ -202,15 +202,18 @@ class QuestionAnswerer:
         settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
         if backend == "torch" and not int8:
             model = load_model_checked(str(folder), "--model")
-            weights = weights_sha256(model) if choice is not None else None
+            if choice is not None:
+                length_menu.check_choice_fits(choice, weights_sha256(model), max_seq_length, doc_stride,
+                                              max_query_length, batch_size)
             qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
         else:
+            weights = ort_backend.folder_weights_sha256(folder)  # what every ONNX file is checked against
+            if choice is not None:  # before any export: a menu of other weights is refused on every backend
+                length_menu.check_choice_fits(choice, weights, max_seq_length, doc_stride, max_query_length,
+                                              batch_size)
             provider = ort_backend.onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings,
-                                                 threads, cache_dir)
-            weights = provider.metadata.weights_sha256  # checked equal to the folder's
+                                                 threads, cache_dir, weights)
             qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
-        if choice is not None:  # on every backend: a menu measured on other weights is refused
-            length_menu.check_choice_fits(choice, weights, max_seq_length, doc_stride, max_query_length, batch_size)
         qa.menu_choice = choice
         return qa
 
@@ -300,7 +303,8 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     check_window_flags(*window, config.get("max_position_embeddings"))
     length_config = checked_length_config(length_config, config["num_hidden_layers"], window[0])
     ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
-    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
+    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
+                                         ort_backend.folder_weights_sha256(folder))
     tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
     return QuestionAnswerer(provider, tokenizer, **settings)
 
@@ -311,7 +315,7 @@ def export_model(folder, path, length_config=None, max_seq_length=384, int8=Fals
     (float32, or int8 with ``int8``). ``menu_choice``: the ``length_menu.Choice`` the
     configuration came from (its menu must describe these weights). Returns the file's metadata."""
     config = read_model_config(folder)
-    check_window_flags(max_seq_length, 1, 1, 1, 1, config.get("max_position_embeddings"))
+    check_window_flags(max_seq_length, 1, 1, 1, 1)
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
     files.check_output_file(path, "--export_onnx")
     model = load_model_checked(str(folder), "--model")
@@ -383,8 +387,10 @@ def check_flags(args) -> None:
     if isinstance(args.batch_size, int) and args.batch_size < 1:
         raise UsageError(f"--batch_size must be an integer of at least 1, got {args.batch_size}")
     config = read_model_config(args.model)
+    # an export runs at any width up to the model's positions: --max_seq_length only bounds counts
+    positions = None if args.export_onnx else config.get("max_position_embeddings")
     check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
-                       args.max_answer_length, config.get("max_position_embeddings"))
+                       args.max_answer_length, positions)
     for flag in ("question", "context"):
         if getattr(args, flag) is not None:
             check_text(getattr(args, flag), f"--{flag}", flag)
@@ -463,14 +469,14 @@ def run(args) -> None:
     for example in examples or ():
         check_text(example.question, f"--input {args.input}", f"question {example.qas_id!r}")
         check_text(example.context, f"--input {args.input}", f"context of question {example.qas_id!r}")
-    if args.int8 and args.backend == "torch":
-        print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
-              f"{onnx_cache.default_cache_dir()})", file=sys.stderr)
     qa = QuestionAnswerer.from_pretrained(
         args.model, args.length_config, args.max_seq_length, args.doc_stride, args.max_query_length,
         args.n_best_size, args.max_answer_length, args.batch_size, args.device, args.threads,
         args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx, int8=args.int8,
         speedup=args.speedup, max_f1_drop=args.max_f1_drop, menu=args.menu)
+    if args.int8 and args.backend == "torch":
+        print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
+              f"{onnx_cache.default_cache_dir()})", file=sys.stderr)
     if qa.menu_choice is not None:
         print(f"inference.py: {qa.menu_choice.describe()}", file=sys.stderr)
     if single:

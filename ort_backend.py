@@ -116,12 +116,14 @@ def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
 
 
 def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
-                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None):
+                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None,
+                  weights: str | None = None):
     """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
     ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
-    ``int8`` a float32 file is quantised into the cache first."""
+    ``int8`` a float32 file is quantised into the cache first. Either file must hold the folder's
+    weights (``weights``: their ``folder_weights_sha256``, computed when not given)."""
     cache = cache_dir or onnx_cache.default_cache_dir()
-    weights = folder_weights_sha256(folder)
+    weights = weights or folder_weights_sha256(folder)
     if onnx_path is None:
         path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
             folder, length_config, int8, int8_settings, cache))

@@ -17,7 +17,7 @@ from pathlib import Path
 import length_drop
 import search
 from errors import UsageError
-from files import writable_folder as writable
+from files import check_output_file, writable_folder as writable
 
 TRAINING_STATE = "training_state.pt"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -208,6 +208,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     search_settings = group_from(SearchSettings, args)
     if args.do_search:
         search.validate_args(search_settings, model_shape["num_hidden_layers"], args.max_seq_length)
+        if args.search_menu is not None:  # written at the search's end: checked before it starts
+            check_output_file(args.search_menu, "--search_menu", inputs=(predict_path,))
     precision = precision_of(args)
     training_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if isinstance(v, (str, int, float, bool, type(None), Path, list))}
