@@ -415,10 +415,11 @@ def run_export(args) -> None:
     layers = read_model_config(args.model)["num_hidden_layers"]
     choice = length_menu.pick(args.model, layers, length_config, args.speedup, args.max_f1_drop, args.menu)
     if choice is not None:  # export the menu's choice
-        print(f"inference.py: {choice.describe()}", file=sys.stderr)
         length_config = length_menu.choice_config(choice, layers, args.max_seq_length)
     metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
                             menu_choice=choice)
+    if choice is not None:
+        print(f"inference.py: {choice.describe()}", file=sys.stderr)
     config = "full length" if metadata.length_config is None else json.dumps(list(metadata.length_config))
     print(f"wrote {args.export_onnx} ({metadata.precision}, {config})")
 
