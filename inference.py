@@ -34,9 +34,10 @@ backend the model is exported into a cache folder first, ``onnx_cache``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
-import tempfile
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Protocol
@@ -53,12 +54,12 @@ import onnx_export
 import ort_backend
 import postprocess
 import utils_squad
+from checkpoints import weights_sha256
 from errors import PROJECT_ERRORS, UsageError, exit_code
 from loading import load_model_checked, load_tokenizer
 from onnx_export import Int8Settings
+from settings import WEIGHT_FILES, WINDOW_FLAGS, check_device, check_threads, check_window_flags  # noqa: F401
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 BACKENDS = ("torch", "onnxruntime")
 
@@ -98,10 +99,24 @@ def read_model_config(folder) -> dict:
 
 def set_threads(threads) -> None:
     """torch's threads (ONNX Runtime's are set per session from the same number)."""
+    check_threads(threads)
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def check_text(text, where: str, what: str) -> None:
+    """A question or context: a string, valid UTF-8 (a command line can carry other bytes), and
+    not blank. Blank is what the tokenizer keeps nothing of: whitespace and invisible characters
+    (zero-width spaces and other format or control characters, which BERT's tokenizer drops)."""
+    if not isinstance(text, str):
+        raise UsageError(f"{where}: the {what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UsageError(f"{where}: the {what} is not UTF-8 text (a byte that is not UTF-8 at character "
+                         f"{err.start})") from None
+    if all(c.isspace() or unicodedata.category(c).startswith("C") for c in text):
+        raise UsageError(f"{where}: empty {what} (nothing but whitespace or invisible characters)")
 
 
 class LogitsProvider(Protocol):
@@ -138,8 +153,12 @@ class QuestionAnswerer:
                  pad_to_max_length=False):
         """``model``: a ``modeling_bert.BertForQuestionAnswering`` (run at ``length_config`` on
         ``device``) or any ``LogitsProvider`` (which brings its own length configuration)."""
-        if batch_size < 1:
-            raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"--batch_size must be an integer of at least 1, got {batch_size!r}")
+        metadata = getattr(model, "metadata", None)  # an OrtLogits' file records the model's shape
+        positions = (model.config.max_position_embeddings if isinstance(model, torch.nn.Module)
+                     else getattr(metadata, "max_position_embeddings", None))
+        check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, positions)
         self.tokenizer = tokenizer
         self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
         self.n_best_size, self.max_answer_length, self.batch_size = n_best_size, max_answer_length, batch_size
@@ -169,12 +188,14 @@ class QuestionAnswerer:
         configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
         set_threads(threads)
         check_backend(backend, onnx_path, int8, device)
-        config = read_model_config(folder)  # a wrong length configuration is said before any weights load
+        config = read_model_config(folder)  # wrong settings are said before any weights load
+        check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
+                           config.get("max_position_embeddings"))
         layers = config["num_hidden_layers"]
         length_config = checked_length_config(length_config, layers, max_seq_length)
         choice = length_menu.pick(folder, layers, length_config, speedup, max_f1_drop, menu)
         if choice is not None:
-            length_config = checked_length_config(choice.entry.length_config, layers, max_seq_length)
+            length_config = length_menu.choice_config(choice, layers, max_seq_length)
         if backend == "onnxruntime" or int8:
             ort_backend.check_onnx_padding(length_config, pad_to_max_length)
         tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
@@ -182,12 +203,16 @@ class QuestionAnswerer:
         if backend == "torch" and not int8:
             model = load_model_checked(str(folder), "--model")
             if choice is not None:
-                length_menu.check_choice_fits(choice, model, max_seq_length, doc_stride, max_query_length,
-                                              batch_size)
+                length_menu.check_choice_fits(choice, weights_sha256(model), max_seq_length, doc_stride,
+                                              max_query_length, batch_size)
             qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
         else:
+            weights = ort_backend.folder_weights_sha256(folder)  # what every ONNX file is checked against
+            if choice is not None:  # before any export: a menu of other weights is refused on every backend
+                length_menu.check_choice_fits(choice, weights, max_seq_length, doc_stride, max_query_length,
+                                              batch_size)
             provider = ort_backend.onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings,
-                                                 threads, cache_dir)
+                                                 threads, cache_dir, weights)
             qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
         qa.menu_choice = choice
         return qa
@@ -218,14 +243,18 @@ class QuestionAnswerer:
                                                    self.max_answer_length, with_offsets=True)
 
     def answer_batch(self, pairs) -> list[dict]:
-        """[{"answer", "score", "start", "end"}] for (question, context) pairs; context[start:end]
-        is the answer (an empty answer at 0 when no span is valid)."""
+        """[{"answer", "score", "start", "end"}] for (question, context) pairs (tuples or lists of
+        two strings); context[start:end] is the answer (an empty answer at 0 when no span is valid)."""
+        if isinstance(pairs, (str, bytes, dict)):
+            raise UsageError(f"answer_batch takes a list of (question, context) pairs, got {type(pairs).__name__}")
         examples = []
         for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise UsageError(f"pair {i}: expected a (question, context) pair of two strings, got "
+                                 f"{type(pair).__name__}" + (f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""))
             question, context = pair
             for name, text in (("question", question), ("context", context)):
-                if not isinstance(text, str) or not text.strip():
-                    raise UsageError(f"pair {i}: empty {name}")
+                check_text(text, f"pair {i}", name)
             examples.append(utils_squad.SquadExample(str(i), "", question, context, []))
         if not examples:
             return []
@@ -256,6 +285,7 @@ def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
         raise UsageError("--backend onnxruntime needs --onnx FILE (write one with --export_onnx FILE)")
     if backend != "onnxruntime" and onnx_path is not None:
         raise UsageError("--onnx needs --backend onnxruntime")
+    check_device(device)
     if (backend == "onnxruntime" or int8) and torch.device(device).type != "cpu":
         what = "--int8" if int8 else "--backend onnxruntime"
         raise UsageError(f"{what} runs on the CPU (ONNX Runtime's CPU provider); drop --device {device}")
@@ -268,32 +298,37 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
     set_threads(threads)
     config = read_model_config(folder)
-    length_config = checked_length_config(length_config, config["num_hidden_layers"],
-                                          settings.get("max_seq_length", 384))
+    defaults = inspect.signature(QuestionAnswerer.__init__).parameters
+    window = [settings.get(name, defaults[name].default) for name in WINDOW_FLAGS]
+    check_window_flags(*window, config.get("max_position_embeddings"))
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], window[0])
     ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
-    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
+    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
+                                         ort_backend.folder_weights_sha256(folder))
     tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
     return QuestionAnswerer(provider, tokenizer, **settings)
 
 
 def export_model(folder, path, length_config=None, max_seq_length=384, int8=False,
-                 int8_settings: Int8Settings = Int8Settings()):
+                 int8_settings: Int8Settings = Int8Settings(), menu_choice=None):
     """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
-    (float32, or int8 with ``int8``). Returns the file's metadata."""
+    (float32, or int8 with ``int8``). ``menu_choice``: the ``length_menu.Choice`` the
+    configuration came from (its menu must describe these weights). Returns the file's metadata."""
     config = read_model_config(folder)
+    check_window_flags(max_seq_length, 1, 1, 1, 1)
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
-    if Path(path).is_dir():
-        raise UsageError(f"--export_onnx {path}: is a folder")
+    files.check_output_file(path, "--export_onnx")
     model = load_model_checked(str(folder), "--model")
+    if menu_choice is not None:
+        length_menu.check_menu_weights(menu_choice.menu, weights_sha256(model))
 
     def write():
         if not int8:
             return onnx_export.export_onnx(model, path, length_config)
-        with tempfile.TemporaryDirectory() as tmp:  # the float32 export, quantised into path
-            fp32 = Path(tmp) / "fp32.onnx"
+        with files.temporary_beside(path, ".fp32.onnx") as fp32:  # the float32 export, quantised into path
             onnx_export.export_onnx(model, fp32, length_config)
             return onnx_export.quantize_int8(fp32, path, int8_settings)
-    return ort_backend.writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
+    return files.writing(Path(path).absolute().parent, f"--export_onnx {path}", write)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +337,13 @@ def export_model(folder, path, length_config=None, max_seq_length=384, int8=Fals
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Answer questions with a Dynamic-TinyBERT model.")
-    p.add_argument("--model", required=True, help="folder of a saved model and its tokenizer")
+    p.add_argument("--model", help="folder of a saved model and its tokenizer (needed except with "
+                   "--list_cache/--clear_cache)")
     p.add_argument("--question")
     p.add_argument("--context")
     p.add_argument("--input", help="a SQuAD v1.1 JSON file of questions")
-    p.add_argument("--output", help="where to write the predictions {id: answer} (with --input)")
+    p.add_argument("--output", help="where to write the predictions {id: answer} (with --input) or the answer "
+                   "(with --question); '-' for standard output. A new or regular file, never --input")
     lengths = p.add_mutually_exclusive_group()
     lengths.add_argument("--length_config", help="JSON list, tokens kept per layer, or keep fractions of each "
                          "batch's longest sequence, e.g. [1.0, 0.8, 0.6]")
@@ -334,8 +371,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the model at --length_config to this ONNX file (int8 with --int8) and exit")
     p.add_argument("--int8", action="store_true",
                    help="int8 on the CPU: ONNX Runtime dynamic quantisation of the exported model (with the "
-                        "torch backend the model is exported into a temporary cache folder first)")
+                        "torch backend the model is exported into the ONNX cache folder first)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--list_cache", action="store_true", help="list the ONNX cache folder's files and exit")
+    cache.add_argument("--clear_cache", action="store_true", help="delete the ONNX cache folder's files and exit")
     return p
+
+
+def check_flags(args) -> None:
+    """Every flag and output place, before anything loads (the input file included)."""
+    if args.model is None:
+        raise UsageError("--model is required (except with --list_cache or --clear_cache)")
+    set_threads(args.threads)
+    check_backend(args.backend, args.onnx, args.int8, args.device)
+    if isinstance(args.batch_size, int) and args.batch_size < 1:
+        raise UsageError(f"--batch_size must be an integer of at least 1, got {args.batch_size}")
+    config = read_model_config(args.model)
+    # an export runs at any width up to the model's positions: --max_seq_length only bounds counts
+    positions = None if args.export_onnx else config.get("max_position_embeddings")
+    check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
+                       args.max_answer_length, positions)
+    for flag in ("question", "context"):
+        if getattr(args, flag) is not None:
+            check_text(getattr(args, flag), f"--{flag}", flag)
+    if args.output is not None and args.output != "-":
+        files.check_output_file(args.output, "--output", inputs=(args.input, args.onnx, args.menu))
+    if args.export_onnx is not None:
+        files.check_output_file(args.export_onnx, "--export_onnx", inputs=(args.onnx, args.menu))
+    if args.int8 and not args.export_onnx:
+        cache = onnx_cache.default_cache_dir()
+        problem = files.folder_problem(cache)
+        if problem is not None:
+            raise UsageError(f"the ONNX cache folder {cache} (for --int8): {problem}; set "
+                             f"${onnx_cache.CACHE_ENV} to another folder")
 
 
 def run_export(args) -> None:
@@ -344,17 +412,45 @@ def run_export(args) -> None:
     if args.backend != "torch" or args.onnx:
         raise UsageError("--export_onnx exports the --model folder's weights: drop --backend onnxruntime/--onnx")
     length_config = args.length_config
-    choice = length_menu.pick(args.model, read_model_config(args.model)["num_hidden_layers"], length_config,
-                              args.speedup, args.max_f1_drop, args.menu)
+    layers = read_model_config(args.model)["num_hidden_layers"]
+    choice = length_menu.pick(args.model, layers, length_config, args.speedup, args.max_f1_drop, args.menu)
     if choice is not None:  # export the menu's choice
+        length_config = length_menu.choice_config(choice, layers, args.max_seq_length)
+    metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
+                            menu_choice=choice)
+    if choice is not None:
         print(f"inference.py: {choice.describe()}", file=sys.stderr)
-        length_config = json.dumps(list(choice.entry.length_config))
-    metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8)
     config = "full length" if metadata.length_config is None else json.dumps(list(metadata.length_config))
     print(f"wrote {args.export_onnx} ({metadata.precision}, {config})")
 
 
+def write_output(path: str, obj, indent=2) -> None:
+    """``obj`` as JSON to standard output (``-``) or atomically to the file ``path``."""
+    if path == "-":
+        print(json.dumps(obj, indent=indent, ensure_ascii=False))
+        return
+    files.writing(Path(path).absolute().parent, f"--output {path}", lambda: files.atomic_write_json(path, obj))
+
+
+def run_cache_command(args) -> None:
+    """``--list_cache`` / ``--clear_cache``: the ONNX cache folder (``onnx_cache``)."""
+    cache = onnx_cache.default_cache_dir()
+    if args.clear_cache:
+        freed = onnx_cache.clear_cache(cache)
+        print(f"cleared {cache} ({freed / 1e6:.1f} MB freed)")
+        return
+    entries = onnx_cache.list_cache(cache)
+    for entry in entries:
+        made_from = "no record (rebuilt before use)" if entry.made_from is None else json.dumps(entry.made_from)
+        print(f"{entry.path}\t{entry.bytes / 1e6:.1f} MB\t{made_from}")
+    print(f"{len(entries)} files, {sum(e.bytes for e in entries) / 1e6:.1f} MB in {cache}")
+
+
 def run(args) -> None:
+    if args.list_cache or args.clear_cache:
+        run_cache_command(args)
+        return
+    check_flags(args)
     if args.export_onnx:
         run_export(args)
         return
@@ -365,33 +461,30 @@ def run(args) -> None:
         raise UsageError("give --question and --context, or --input FILE")
     if args.input and not args.output:
         raise UsageError("--input needs --output")
-    if single and (not (args.question or "").strip() or not (args.context or "").strip()):
-        raise UsageError("empty " + ("question" if not (args.question or "").strip() else "context"))
+    if single and (args.question is None or args.context is None):
+        raise UsageError("empty " + ("question" if args.question is None else "context"))
     examples = (utils_squad.read_squad_examples(args.input, is_training=False, require_answers=False)
                 if args.input else None)
     if examples is not None and not examples:
         raise UsageError(f"--input {args.input}: no questions")
-    check_backend(args.backend, args.onnx, args.int8, args.device)
-    if args.int8 and args.backend == "torch":
-        print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
-              f"{onnx_cache.default_cache_dir()})", file=sys.stderr)
+    for example in examples or ():
+        check_text(example.question, f"--input {args.input}", f"question {example.qas_id!r}")
+        check_text(example.context, f"--input {args.input}", f"context of question {example.qas_id!r}")
     qa = QuestionAnswerer.from_pretrained(
         args.model, args.length_config, args.max_seq_length, args.doc_stride, args.max_query_length,
         args.n_best_size, args.max_answer_length, args.batch_size, args.device, args.threads,
         args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx, int8=args.int8,
         speedup=args.speedup, max_f1_drop=args.max_f1_drop, menu=args.menu)
+    if args.int8 and args.backend == "torch":
+        print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
+              f"{onnx_cache.default_cache_dir()})", file=sys.stderr)
     if qa.menu_choice is not None:
         print(f"inference.py: {qa.menu_choice.describe()}", file=sys.stderr)
     if single:
-        print(json.dumps(qa.answer(args.question, args.context), ensure_ascii=False))
+        write_output(args.output or "-", qa.answer(args.question, args.context), indent=None)
         return
-    for example in examples:
-        if not example.question.strip():
-            raise UsageError(f"--input {args.input}: question {example.qas_id!r} is empty")
-        if not example.context.strip():
-            raise UsageError(f"--input {args.input}: the context of question {example.qas_id!r} is empty")
     predictions, _ = qa.predict(examples, progress=True)
-    files.atomic_write_json(args.output, predictions)
+    write_output(args.output, predictions)
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,13 @@ import torch
 
 
 def _describe(value) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_shortened(repr(value))} ({type(value).__name__})"
+
+
+def _shortened(text: str, limit: int = 120) -> str:
+    """A value as shown in an error line: at most ``limit`` characters (a 40,000-entry list is
+    not repeated back whole)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_length_config(value: str | Sequence[int | float], num_hidden_layers: int,
@@ -42,9 +48,11 @@ def parse_length_config(value: str | Sequence[int | float], num_hidden_layers: i
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: brackets nested too deep
             expected = _expected(num_hidden_layers, max_seq_length, True)
-            raise ValueError(f"length config: expected {expected}; got unparsable {value!r} ({error})") from None
+            reason = error if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+            raise ValueError(f"length config: expected {expected}; got unparsable "
+                             f"{_shortened(repr(value))} ({reason})") from None
     return check_length_config(value, num_hidden_layers, max_seq_length, non_increasing=True)
 
 
@@ -96,7 +104,7 @@ def check_length_config(value, num_hidden_layers: int, max_seq_length: int | Non
         raise ValueError(f"{name}: expected {expected}; got {_describe(value)}")
     if len(value) != num_hidden_layers:
         raise ValueError(f"{name}: expected {expected}; got {len(value)} entries (a configuration for "
-                         f"{len(value)} layers): {list(value)}")
+                         f"{len(value)} layers): {_shortened(repr(list(value)))}")
     if is_relative(value):
         kind, convert = numbers.Real, float
         outside = lambda v: not 0 < v <= 1  # noqa: E731  (also refuses nan)

@@ -165,9 +165,14 @@ def menu_path_of(folder, menu=None) -> Path:
     return Path(menu) if menu is not None else Path(folder) / MENU_FILE
 
 
-def load_menu(path, num_hidden_layers: int | None = None) -> Menu:
-    """The menu at ``path``, every field checked; a UsageError names the file and the field."""
+def load_menu(path, num_hidden_layers: int | None = None, given: bool = False) -> Menu:
+    """The menu at ``path``, every field checked; a UsageError names the file and the field.
+    ``given``: the path is ``--menu``'s (else the model folder's default menu)."""
     path = Path(path)
+    if given and path.is_dir():
+        raise UsageError(f"--menu {path}: is a folder; give the menu file ({path / MENU_FILE} if it is there)")
+    if given and not path.is_file():
+        raise UsageError(f"--menu {path}: no such file")
     if not path.is_file():
         raise UsageError(f"no length menu at {path}: run the length-configuration search on this model "
                          f"first (step 5: MODEL_DIR={path.parent} bash run-sigopt-search.sh), or give "
@@ -316,22 +321,37 @@ def pick(folder, num_hidden_layers: int, length_config=None, speedup=None, max_f
     menu is ``menu`` or ``<folder>/length_configs.json``. Reads no weights."""
     if not check_budget_flags(length_config, speedup, max_f1_drop, menu):
         return None
-    loaded = load_menu(menu_path_of(folder, menu), num_hidden_layers)
+    loaded = load_menu(menu_path_of(folder, menu), num_hidden_layers, given=menu is not None)
     budget = f"--speedup {speedup:g}" if speedup is not None else f"--max_f1_drop {max_f1_drop:g}"
     return Choice(loaded, choose(loaded, speedup, max_f1_drop), budget)
 
 
-def check_choice_fits(choice: Choice, model, max_seq_length: int, doc_stride: int, max_query_length: int,
-                      batch_size: int) -> list[str]:
-    """After the weights load: a UsageError when the menu was measured on other weights; the
-    settings that differ from the search's (its F1 and speedups hold at the search's), as
-    warnings, which are also returned."""
-    from checkpoints import weights_sha256
+def choice_config(choice: Choice, num_hidden_layers: int, max_seq_length: int) -> tuple:
+    """The chosen configuration, checked against these ``--max_seq_length`` (a menu searched at a
+    longer one can hold counts above it); the UsageError names the menu and the flags."""
+    try:
+        return length_drop.parse_length_config(list(choice.entry.length_config), num_hidden_layers, max_seq_length)
+    except ValueError as err:
+        raise UsageError(f"{choice.budget}: the choice {list(choice.entry.length_config)} of {choice.menu.path} "
+                         f"does not fit --max_seq_length {max_seq_length} (the menu's is "
+                         f"{choice.menu.max_seq_length}): {err}") from None
 
-    menu = choice.menu
-    if menu.weights_sha256 is not None and weights_sha256(model) != menu.weights_sha256:
+
+def check_menu_weights(menu: Menu, weights_sha256: str) -> None:
+    """A UsageError when the menu was measured on other weights than ``weights_sha256``."""
+    if menu.weights_sha256 is not None and weights_sha256 != menu.weights_sha256:
         raise UsageError(f"{menu.path} was measured on other weights (field weights_sha256 differs from the "
                          "model's): its F1 and speedups do not describe this model; run the search again")
+
+
+def check_choice_fits(choice: Choice, weights_sha256: str, max_seq_length: int, doc_stride: int,
+                      max_query_length: int, batch_size: int) -> list[str]:
+    """Once the weights' hash is known (``checkpoints.weights_sha256`` of the model, or the one an
+    ONNX file records): a UsageError when the menu was measured on other weights; the settings
+    that differ from the search's (its F1 and speedups hold at the search's), as warnings, which
+    are also returned."""
+    menu = choice.menu
+    check_menu_weights(menu, weights_sha256)
     differences = [f"{name} {ours} (the menu's {theirs})" for name, ours, theirs in (
         ("max_seq_length", max_seq_length, menu.max_seq_length), ("doc_stride", doc_stride, menu.doc_stride),
         ("max_query_length", max_query_length, menu.max_query_length),

@@ -16,8 +16,9 @@ int8 is ONNX Runtime's dynamic quantisation: weights of the encoder's linear lay
 output channel), activations quantised per batch at run time. What stays in float32, and why, is in
 ``Int8Settings``.
 
-The file's metadata (``dynamic_tinybert.*``) records the length configuration, the model's shape
-and the precision, so a runner can check the file against the model folder it pairs it with.
+The file's metadata (``dynamic_tinybert.*``) records the length configuration, the model's shape,
+the precision, the hash of the weights it holds (``checkpoints.weights_sha256``) and the library
+versions that wrote it, so a runner can check the file against the model folder it pairs it with.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("start_logits", "end_logits")
 METADATA_PREFIX = "dynamic_tinybert."
 # Raised when what export_onnx writes changes, so cached files of older versions are not reused.
-EXPORT_FORMAT_VERSION = 1
+# 2: the metadata records the weights' hash and the library versions.
+EXPORT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,15 @@ class OnnxMetadata:
     hidden_size: int
     vocab_size: int
     max_position_embeddings: int
+    weights_sha256: str           # checkpoints.weights_sha256 of the exported model
+    made_with: str                # JSON {library: version} of what wrote the file
     precision: str = "fp32"       # "fp32" or "int8"
 
     def to_props(self) -> dict[str, str]:
         config = None if self.length_config is None else list(self.length_config)
         return {METADATA_PREFIX + "length_config": json.dumps(config),
+                METADATA_PREFIX + "weights_sha256": self.weights_sha256,
+                METADATA_PREFIX + "made_with": self.made_with,
                 METADATA_PREFIX + "num_hidden_layers": str(self.num_hidden_layers),
                 METADATA_PREFIX + "hidden_size": str(self.hidden_size),
                 METADATA_PREFIX + "vocab_size": str(self.vocab_size),
@@ -65,13 +71,37 @@ class OnnxMetadata:
 
     @classmethod
     def from_props(cls, props: dict[str, str]) -> "OnnxMetadata":
-        """Raises KeyError or ValueError when the properties are missing or malformed."""
+        """Raises KeyError or ValueError when the properties are missing or malformed, and
+        ``OldFormatError`` for a file of an earlier format."""
         def get(name):
             return props[METADATA_PREFIX + name]
+        version = int(get("format_version"))
+        if version != EXPORT_FORMAT_VERSION:
+            raise OldFormatError(version)
         config = json.loads(get("length_config"))
         return cls(None if config is None else tuple(config), int(get("num_hidden_layers")),
                    int(get("hidden_size")), int(get("vocab_size")), int(get("max_position_embeddings")),
-                   get("precision"))
+                   get("weights_sha256"), get("made_with"), get("precision"))
+
+
+class OldFormatError(ValueError):
+    """An ONNX file written by another version of the exporter (its metadata differs)."""
+
+    def __init__(self, version: int):
+        super().__init__(f"written in export format {version}, this code reads format {EXPORT_FORMAT_VERSION}")
+        self.version = version
+
+
+def made_with(int8: bool = False) -> str:
+    """The versions of what writes a file (ONNX Runtime's only for int8, which it quantises)."""
+    import onnx
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__}
+    if int8:
+        import onnxruntime
+        versions["onnxruntime"] = onnxruntime.__version__
+    return json.dumps(versions, sort_keys=True)
 
 
 def read_metadata(model_proto) -> OnnxMetadata:
@@ -147,12 +177,12 @@ def export_onnx(model, path, length_config=None) -> OnnxMetadata:
     float32, with dynamic batch and sequence axes. Returns the metadata stored in the file."""
     import onnx
 
+    from checkpoints import weights_sha256
+
     config = model.config
     if length_config is not None:  # the model's own rule: any positive counts, or fractions
         length_config = length_drop.check_length_config(tuple(length_config), config.num_hidden_layers,
                                                         non_increasing=False, name="length_config")
-    metadata = OnnxMetadata(length_config, config.num_hidden_layers, config.hidden_size, config.vocab_size,
-                            config.max_position_embeddings, "fp32")
     wrapper = SpanLogits(model, length_config).eval()
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", min=1, max=config.max_position_embeddings)
@@ -161,6 +191,8 @@ def export_onnx(model, path, length_config=None) -> OnnxMetadata:
     was_training, device, dtype = model.training, first.device, first.dtype
     model.eval().to(device="cpu", dtype=torch.float32)
     try:
+        metadata = OnnxMetadata(length_config, config.num_hidden_layers, config.hidden_size, config.vocab_size,
+                                config.max_position_embeddings, weights_sha256(model), made_with(), "fp32")
         with torch.no_grad(), _quiet():
             program = torch.onnx.export(
                 wrapper, example_inputs(config.max_position_embeddings), dynamo=True,
@@ -247,7 +279,7 @@ def quantize_int8(source, destination, settings: Int8Settings = Int8Settings()) 
                          reduce_range=settings.reduce_range, weight_type=QuantType.QInt8,
                          nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
         quantized = onnx.load(str(tmp))
-        metadata = OnnxMetadata(**{**metadata.__dict__, "precision": "int8"})
+        metadata = OnnxMetadata(**{**metadata.__dict__, "precision": "int8", "made_with": made_with(int8=True)})
         _set_metadata(quantized, metadata)
         onnx.save_model(quantized, str(tmp))
     return metadata

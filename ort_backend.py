@@ -4,7 +4,8 @@
 (padded to its longest feature), it returns the start and end logits as numpy arrays. The file
 carries its length configuration (``onnx_export.OnnxMetadata``); checks here compare it with the
 model folder the tokenizer comes from. ``onnx_provider`` sets one up from inference.py's flags
-(a given file, or the folder's cached export; int8 quantised into the cache when asked).
+(a given file, or the folder's cached export; int8 quantised into the cache when asked); every
+file is checked against the folder: the model's shape and the hash of its weights.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import files
 import length_drop
 import onnx_cache
 import onnx_export
-from errors import DiskFullError, UsageError
-from onnx_export import INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OnnxMetadata, read_metadata
+from errors import UsageError
+from onnx_export import INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata, read_metadata
 from settings import first_line
 
 
@@ -34,19 +35,34 @@ def load_metadata(path, flag: str = "--onnx") -> OnnxMetadata:
         raise UsageError(f"{flag} {path}: not an ONNX file ({first_line(err)})") from None
     try:
         return read_metadata(proto)
+    except OldFormatError as err:
+        raise UsageError(f"{flag} {path}: {err}; export it again with --export_onnx") from None
     except (KeyError, ValueError, TypeError):
         raise UsageError(f"{flag} {path}: not written by inference.py --export_onnx "
                          f"(no dynamic_tinybert metadata)") from None
 
 
-def check_matches_model(metadata: OnnxMetadata, model_config: dict, path, flag: str = "--onnx") -> None:
-    """UsageError when the file was exported from a model of another shape than ``model_config``
-    (the ``config.json`` of the folder that gives the tokenizer and settings)."""
-    for field in ("num_hidden_layers", "hidden_size", "vocab_size"):
+def check_matches_model(metadata: OnnxMetadata, model_config: dict, path, flag: str = "--onnx",
+                        weights_sha256: str | None = None) -> None:
+    """UsageError when the file was exported from another model than the folder that gives the
+    tokenizer and settings: another shape than its ``config.json``, or (when ``weights_sha256``
+    is given) other weights of the same shape."""
+    for field in ("num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings"):
         ours, theirs = getattr(metadata, field), model_config.get(field)
         if ours != theirs:
             raise UsageError(f"{flag} {path}: exported from a model with {field} {ours}, but --model "
                              f"has {theirs}; export this model with --export_onnx")
+    if weights_sha256 is not None and metadata.weights_sha256 != weights_sha256:
+        raise UsageError(f"{flag} {path}: exported from other weights than --model's (its weights_sha256 "
+                         f"differs); export this model with --export_onnx")
+
+
+def folder_weights_sha256(folder) -> str:
+    """``checkpoints.weights_sha256`` of the folder's model (what an export records)."""
+    from checkpoints import weights_sha256
+    from loading import load_model_checked
+
+    return weights_sha256(load_model_checked(str(folder), "--model"))
 
 
 class OrtLogits:
@@ -100,32 +116,27 @@ def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
 
 
 def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
-                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None):
+                  int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None,
+                  weights: str | None = None):
     """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
     ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
-    ``int8`` a float32 file is quantised into the cache first."""
+    ``int8`` a float32 file is quantised into the cache first. Either file must hold the folder's
+    weights (``weights``: their ``folder_weights_sha256``, computed when not given)."""
     cache = cache_dir or onnx_cache.default_cache_dir()
+    weights = weights or folder_weights_sha256(folder)
     if onnx_path is None:
-        path = writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
+        path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
             folder, length_config, int8, int8_settings, cache))
-        return OrtLogits(path, threads)
+        provider = OrtLogits(path, threads, flag="the ONNX cache file")
+        check_matches_model(provider.metadata, config, path, "the ONNX cache file", weights)
+        return provider
     metadata = load_metadata(onnx_path)
-    check_matches_model(metadata, config, onnx_path)
+    check_matches_model(metadata, config, onnx_path, weights_sha256=weights)
     if length_config is not None:
         try:
             onnx_export.check_length_config_of(metadata, length_config)
         except ValueError as err:
             raise UsageError(f"--onnx {onnx_path}: {err}") from None
     if int8 and metadata.precision == "fp32":
-        onnx_path = writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
+        onnx_path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
     return OrtLogits(onnx_path, threads)
-
-
-def writing(folder, what: str, write):
-    """``write()``, with a full disk or an unwritable place said in one line."""
-    try:
-        return write()
-    except OSError as err:
-        if files.is_disk_full(err, folder):
-            raise DiskFullError(f"no space left on {folder} while writing {what}") from None
-        raise UsageError(f"{what}: cannot write ({err})") from None

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import length_drop
 import search
 from errors import UsageError
+from files import check_output_file, writable_folder as writable
 
 TRAINING_STATE = "training_state.pt"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -206,12 +206,13 @@ def build_settings(args: argparse.Namespace) -> Settings:
                     if args.do_eval or args.evaluate_during_training or args.do_search else None)
     model_shape = read_model_shape(args)
     length_config = parse_length_config_flag(args, model_shape["num_hidden_layers"])
-    if args.max_seq_length > model_shape["max_position_embeddings"]:
-        raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
-                         f"max_position_embeddings ({model_shape['max_position_embeddings']})")
+    check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
+                       args.max_answer_length, model_shape["max_position_embeddings"])
     search_settings = group_from(SearchSettings, args)
     if args.do_search:
         search.validate_args(search_settings, model_shape["num_hidden_layers"], args.max_seq_length)
+        if args.search_menu is not None:  # written at the search's end: checked before it starts
+            check_output_file(args.search_menu, "--search_menu", inputs=(predict_path,))
     precision = precision_of(args)
     training_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if isinstance(v, (str, int, float, bool, type(None), Path, list))}
@@ -335,6 +336,7 @@ def check_numbers(args) -> None:
     for flag in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1")
+    check_threads(args.threads)
     if args.temperature <= 0:
         raise UsageError("--temperature must be positive")
     for flag in ("state_loss_ratio", "att_loss_ratio"):
@@ -348,6 +350,50 @@ def check_numbers(args) -> None:
             raise UsageError("--sandwich_full_weight weights the sandwich: it needs --length_adaptive")
         if not 0 < args.sandwich_full_weight <= 1:
             raise UsageError(f"--sandwich_full_weight must be in (0, 1], got {args.sandwich_full_weight}")
+
+
+# --------------------------------------------------------------------------------------------
+# The windowing, answer and runtime flags run_squad.py and inference.py share: one rule for both
+# --------------------------------------------------------------------------------------------
+
+WINDOW_FLAGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+
+
+def check_window_flags(max_seq_length: int, doc_stride: int, max_query_length: int, n_best_size: int,
+                       max_answer_length: int, max_position_embeddings: int | None = None) -> None:
+    """Each at least 1 (0 would drop the question or every answer), and windows no longer than
+    the model's position table (checked when it is known)."""
+    values = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
+    for flag, value in zip(WINDOW_FLAGS, values):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"--{flag} must be an integer of at least 1, got {value!r}")
+    if max_position_embeddings is not None and max_seq_length > max_position_embeddings:
+        raise UsageError(f"--max_seq_length {max_seq_length} exceeds the model's "
+                         f"max_position_embeddings ({max_position_embeddings})")
+
+
+def check_threads(threads) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be an integer of at least 1, got {threads!r}")
+
+
+def check_device(device) -> None:
+    """A device torch knows and this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device}: not a device (expected cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: this torch has no CUDA device (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here (use --device cpu)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: not supported (expected cpu, cuda or cuda:N)")
 
 
 def check_output_contents(args) -> None:
@@ -382,10 +428,6 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"--output_dir {out} lies under {existing}, which is a file")
     if not writable(existing):
         raise UsageError(f"--output_dir {out}: {existing} is not writable")
-
-
-def writable(folder: Path) -> bool:
-    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def check_model_folder(folder: Path, flag: str) -> None:
