@@ -10,7 +10,7 @@ from .evaluator import Evaluator
 from .evolution import run_evolution
 from .optuna_backend import open_study, run_optuna
 from .shared import SharedRows
-from .sigopt_backend import run_sigopt
+from .sigopt_backend import ObservationRows, run_sigopt
 
 
 class SearchBackend(abc.ABC):
@@ -53,7 +53,12 @@ class OptunaSearch(SearchBackend):
 
 
 class SigOptSearch(SearchBackend):
+    """Every worker's search rows come back from the experiment's observations."""
+
     name = "sigopt"
+
+    def shared_rows(self, args, output_dir, space, measured, description):
+        return ObservationRows(space)
 
     def search(self, args, evaluator, space, output_dir):
         return run_sigopt(args, evaluator, space, output_dir)

@@ -505,6 +505,15 @@ def test_sigopt_second_worker_joins_the_shared_experiment(tmp_path, sigopt_env):
                                     task, 3, 40, task.full_macs, tmp_path / "worker2")
         assert task.calls == [(40, 40, 40)]
         assert len(server.observations) == 4 and len(server.experiments) == 1
+        # Worker 2's CSV holds worker 1's search rows, rebuilt from the observations' values and metadata.
+        first = {config_of(r): r for r in read_csv(tmp_path / "worker1" / "search_results.csv")}
+        second = {config_of(r): r for r in read_csv(tmp_path / "worker2" / "search_results.csv")}
+        observed = {tuple(o["assignments"][f"x{i}"] for i in range(3)) for o in server.observations}
+        assert observed <= set(second) and set(second) == set(first)
+        for config in observed:
+            assert float(second[config]["f1"]) == pytest.approx(task.f1(config))
+            assert int(second[config]["macs"]) == task.macs(config)
+            assert second[config]["backend"] == first[config]["backend"] == "sigopt"
         # A model with another number of layers cannot join it.
         with pytest.raises(ValueError, match="4 layers"):
             search.run_search_from_args(make_args(*common, "--sigopt_experiment_id", experiment_id),

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 import search
+import search.collect as search_collect
 from postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from search_worker import MAX_LENGTH, MEASURED_ON, NUM_LAYERS
 from test_search import SyntheticTask, brute_force_pareto, config_of, make_args, read_csv
 
 WORKER = Path(__file__).resolve().parent / "search_worker.py"
-BUDGET = 12
+BUDGET = 8
 
 
 def worker_flags(url: str, study: str) -> list[str]:
@@ -34,7 +35,7 @@ def worker_flags(url: str, study: str) -> list[str]:
 
 def start_worker(tmp_path: Path, name: str, flags: list[str], **spec) -> subprocess.Popen:
     spec = {"argv": flags, "output_dir": str(tmp_path / name), "log": str(tmp_path / f"{name}.log"),
-            "sleep": 0.2, **spec}
+            "sleep": 0.1, **spec}
     spec_path = tmp_path / f"{name}.json"
     spec_path.write_text(json.dumps(spec))
     with open(tmp_path / f"{name}.out", "w") as out:
@@ -53,10 +54,12 @@ def logged(path: Path) -> list[tuple]:
     return [tuple(json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def collect(url: str, study: str, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.collect", "--search_storage", url, "--search_study_name",
-                           study, "--output_dir", str(output_dir), *extra],
-                          cwd=WORKER.parent.parent, capture_output=True, text=True, timeout=120)
+def collect(url: str, study: str, output_dir: Path, capsys) -> tuple[int, str]:
+    """``python -m search.collect`` (its main, in this process): exit code and stderr."""
+    capsys.readouterr()
+    code = search_collect.main(["--search_storage", url, "--search_study_name", study,
+                                "--output_dir", str(output_dir)])
+    return code, capsys.readouterr().err
 
 
 def study_trials(url: str, study: str):
@@ -77,7 +80,7 @@ def one_worker_front(configs: list[tuple], tmp_path: Path) -> list[tuple]:
     return [config_of(r) for r in read_csv(tmp_path / "one_worker" / search.FRONT_CSV)]
 
 
-def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path):
+def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path, capsys):
     study = "shared-search"
     flags = worker_flags(postgres_url, study)
     hang = tmp_path / "killed_config.json"
@@ -92,8 +95,8 @@ def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path):
         assert worker.wait(timeout=240) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     killed_config = tuple(json.loads(hang.read_text()))
 
-    result = collect(postgres_url, study, tmp_path / "collected")
-    assert result.returncode == 0, result.stderr
+    code, err = collect(postgres_url, study, tmp_path / "collected", capsys)
+    assert code == 0, err
     rows = read_csv(tmp_path / "collected" / search.RESULTS_CSV)
     configs = [config_of(r) for r in rows]
     measured = set()
@@ -129,10 +132,10 @@ def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path):
     assert menu["full"]["length_config"] == [MAX_LENGTH] * NUM_LAYERS
 
 
-def test_other_weights_are_refused_by_the_study_and_the_collector(postgres_url, tmp_path):
+def test_other_weights_are_refused_by_the_study_and_the_collector(postgres_url, tmp_path, capsys):
     study = "refusals"
     task = SyntheticTask(NUM_LAYERS, MAX_LENGTH)
-    args = make_args(*worker_flags(postgres_url, study))
+    args = make_args(*worker_flags(postgres_url, study), "--search_budget", "2")
     search.run_search_from_args(args, task, NUM_LAYERS, MAX_LENGTH, task.full_macs, tmp_path / "a",
                                 measured_on=MEASURED_ON)
     task.calls.clear()
@@ -145,9 +148,9 @@ def test_other_weights_are_refused_by_the_study_and_the_collector(postgres_url, 
                                 NUM_LAYERS, MAX_LENGTH, task.full_macs, tmp_path / "c",
                                 measured_on=dict(MEASURED_ON, weights_sha256="other"))
     before = (tmp_path / "c" / search.RESULTS_CSV).read_bytes()
-    result = collect(postgres_url, study, tmp_path / "c")
-    assert result.returncode == 2 and "weights_sha256" in result.stderr
+    code, err = collect(postgres_url, study, tmp_path / "c", capsys)
+    assert code == 2 and "weights_sha256" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "c" / search.RESULTS_CSV).read_bytes() == before
     # A study of another name: one line naming the flag and the studies there.
-    result = collect(postgres_url, "no-such-study", tmp_path / "d")
-    assert result.returncode == 2 and "--search_study_name" in result.stderr and study in result.stderr
+    code, err = collect(postgres_url, "no-such-study", tmp_path / "d", capsys)
+    assert code == 2 and "--search_study_name" in err and study in err
