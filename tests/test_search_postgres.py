@@ -84,11 +84,9 @@ def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path, capsys
     study = "shared-search"
     flags = worker_flags(postgres_url, study)
     hang = tmp_path / "killed_config.json"
-    # The worker to be killed starts first, so the other two start while its trial runs.
     doomed = start_worker(tmp_path, "worker3", flags, hang_marker=str(hang))
-    wait_for(hang, doomed, timeout=120)
     workers = [start_worker(tmp_path, name, flags) for name in ("worker1", "worker2")]
-    time.sleep(1.0)
+    wait_for(hang, doomed, timeout=120)
     os.kill(doomed.pid, signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the study
     doomed.wait(timeout=30)
     for worker, name in zip(workers, ("worker1", "worker2")):
