@@ -138,6 +138,17 @@ def build_menu(rows: Sequence[dict], full_config: Sequence, info: dict) -> dict:
     }
 
 
+def write_search_menu(rows: Sequence[dict], full_config: Sequence, info: dict, csv_path: Path, path: Path,
+                      fallback_dir: Path | None = None) -> Path:
+    """The menu of a search's rows (``csv_path``: their file, recorded in the menu), written as
+    ``write_menu`` does; returns where it went."""
+    menu = build_menu(rows, full_config, dict(info, search_results=str(Path(csv_path).resolve())))
+    written = write_menu(menu, path, fallback_dir)
+    logger.info("length menu (%d configurations, speedup %s): %s", len(menu["configurations"]),
+                menu["speedup_basis"], written)
+    return written
+
+
 def write_menu(menu: dict, path: Path, fallback_dir: Path | None = None) -> Path:
     """Write the menu atomically at ``path``; if that folder cannot be written (a read-only model
     folder), into ``fallback_dir`` instead, with a warning. Returns where it went."""

@@ -128,28 +128,31 @@ def run_search(settings: Settings, model, tokenizer, runtime) -> Path:
     max_seq_length = settings.data.max_seq_length
     full_macs = evaluator.macs(model.config, None, batching)  # the basis of every row's macs
     measured_on = search_measured_on(settings, model, tokenizer, batching)
+    info = menu_info(settings, model.config.num_hidden_layers, batching, measured_on)
     csv_path = search.run_search_from_args(settings.search, evaluate_fn, model.config.num_hidden_layers,
                                            max_seq_length, full_macs, settings.output_dir,
-                                           measured_on=measured_on)
-    write_length_menu(settings, csv_path, model.config.num_hidden_layers, batching, measured_on)
+                                           measured_on=measured_on, menu_info=info)
+    write_length_menu(settings, csv_path, model.config.num_hidden_layers, info)
     return csv_path
 
 
-def write_length_menu(settings: Settings, csv_path: Path, num_layers: int, batching: str, measured_on: dict) -> Path:
+def menu_info(settings: Settings, num_layers: int, batching: str, measured_on: dict) -> dict:
+    """What the length menu records besides the rows (kept with a shared study for search.collect)."""
+    s = settings.search
+    return {"length_space": search.length_space_of(s), "batching": batching,
+            "batch_size": settings.eval.per_gpu_eval_batch_size, "max_seq_length": settings.data.max_seq_length,
+            "doc_stride": settings.data.doc_stride, "max_query_length": settings.data.max_query_length,
+            "num_hidden_layers": num_layers, "objective": s.search_objective,
+            "weights_sha256": measured_on["weights_sha256"], "predict_file_sha256": measured_on["predict_file_sha256"]}
+
+
+def write_length_menu(settings: Settings, csv_path: Path, num_layers: int, info: dict) -> Path:
     """The search's front as the model's length menu (length_menu.py), for inference.py --speedup."""
     s = settings.search
     space = search.space_from_args(s, num_layers, settings.data.max_seq_length)
-    info = {"length_space": space.name, "batching": batching, "batch_size": settings.eval.per_gpu_eval_batch_size,
-            "max_seq_length": settings.data.max_seq_length, "doc_stride": settings.data.doc_stride,
-            "max_query_length": settings.data.max_query_length, "num_hidden_layers": num_layers,
-            "objective": s.search_objective, "weights_sha256": measured_on["weights_sha256"],
-            "predict_file_sha256": measured_on["predict_file_sha256"], "search_results": str(Path(csv_path).resolve())}
-    menu = length_menu.build_menu(search.ResultStore(csv_path, space).rows, space.full_config, info)
     target = Path(s.search_menu) if s.search_menu else Path(settings.model.student_path) / length_menu.MENU_FILE
-    written = length_menu.write_menu(menu, target, fallback_dir=Path(settings.output_dir))
-    logger.info("length menu (%d configurations, speedup %s): %s", len(menu["configurations"]),
-                menu["speedup_basis"], written)
-    return written
+    return length_menu.write_search_menu(search.ResultStore(csv_path, space).rows, space.full_config, info,
+                                         csv_path, target, fallback_dir=Path(settings.output_dir))
 
 
 def search_measured_on(settings: Settings, model, tokenizer, batching: str = "padded") -> dict:

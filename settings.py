@@ -149,6 +149,7 @@ class SearchSettings:
     search_subset: int | None
     search_storage: str | None
     search_study_name: str | None
+    search_heartbeat: int              # seconds between an Optuna trial's heartbeats
     search_restart: bool
     search_seed: int
     search_rates: str

@@ -23,7 +23,8 @@ Modules: ``cli`` (flags, checks), ``common`` (file names, the search space, the 
 ``store`` (the CSV shared by workers, the meta file), ``evaluator`` (cache, budget, baselines),
 ``backends`` (the ``SearchBackend`` interface and its four implementations: ``sigopt_backend``,
 ``optuna_backend``, ``evolution``, the constant sweep), ``front`` (Pareto front, plot, summary),
-``runner`` (``run_search_from_args``).
+``runner`` (``run_search_from_args``), ``shared`` (every row in the Optuna study, for workers on
+several machines), ``collect`` (``python -m search.collect``: the outputs from a shared study).
 
 See docs/search.md for the design and the differences from the reference code.
 """
@@ -40,6 +41,7 @@ from .evolution import EvolutionSearch, run_evolution  # noqa: F401
 from .front import finalize_outputs, format_front_table, pareto_flags, write_plot  # noqa: F401
 from .optuna_backend import run_optuna  # noqa: F401
 from .runner import run_search_from_args  # noqa: F401
+from .shared import SharedRows, StudyRows  # noqa: F401
 from .sigopt_backend import SigOptError, SigOptSession, run_sigopt  # noqa: F401
 from .store import ResultStore, file_lock, prepare_results_folder, search_fingerprint  # noqa: F401
 from errors import StoreError  # noqa: F401,E402  (caught by callers as search.StoreError)

@@ -8,8 +8,9 @@ from pathlib import Path
 from .common import BACKENDS
 from .evaluator import Evaluator
 from .evolution import run_evolution
-from .optuna_backend import run_optuna
-from .sigopt_backend import run_sigopt
+from .optuna_backend import open_study, run_optuna
+from .shared import SharedRows
+from .sigopt_backend import ObservationRows, run_sigopt
 
 
 class SearchBackend(abc.ABC):
@@ -17,6 +18,11 @@ class SearchBackend(abc.ABC):
     search flags' names)."""
 
     name: str
+
+    def shared_rows(self, args, output_dir: Path, space, measured: dict | None, description: dict) -> SharedRows | None:
+        """Where this backend's workers on other machines share their rows (None: only the
+        output folder). Called before anything is measured; ``description``: ``search_description``."""
+        return None
 
     @abc.abstractmethod
     def search(self, args, evaluator: Evaluator, space, output_dir: Path) -> dict | None:
@@ -34,14 +40,25 @@ class ConstantSweep(SearchBackend):
 
 
 class OptunaSearch(SearchBackend):
+    """Every worker's rows live in the study too (``StudyRows``)."""
+
     name = "optuna"
 
+    def shared_rows(self, args, output_dir, space, measured, description):
+        self.study, rows, self.details = open_study(args, output_dir, space, measured, description)
+        return rows
+
     def search(self, args, evaluator, space, output_dir):
-        return run_optuna(args, evaluator, space, output_dir)
+        return run_optuna(args, evaluator, space, self.study, self.details)
 
 
 class SigOptSearch(SearchBackend):
+    """Every worker's search rows come back from the experiment's observations."""
+
     name = "sigopt"
+
+    def shared_rows(self, args, output_dir, space, measured, description):
+        return ObservationRows(space)
 
     def search(self, args, evaluator, space, output_dir):
         return run_sigopt(args, evaluator, space, output_dir)

@@ -55,6 +55,10 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--search_study_name", default=None,
                        help="Optuna study / SigOpt experiment name "
                             "(default dynamic-tinybert-<objective>).")
+    group.add_argument("--search_heartbeat", type=int, default=60,
+                       help="Optuna: seconds between a running trial's heartbeats; a trial silent for "
+                            "twice as long (its worker was killed) is marked failed and its "
+                            "configuration queued for another worker (default 60).")
     group.add_argument("--search_restart", action="store_true",
                        help="Start afresh: move the folder's earlier search files (CSV, Optuna "
                             "search.db, SigOpt experiment id, plot) to previous_search_<time>/.")
@@ -163,6 +167,8 @@ def validate_args(args: argparse.Namespace, num_hidden_layers: int, max_seq_leng
     if backend == "sigopt" and not os.environ.get("SIGOPT_API_TOKEN"):
         raise UsageError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
                          "(or use --search_backend optuna to search offline)")
+    if args.search_heartbeat < 1:
+        raise UsageError(f"--search_heartbeat must be >= 1 second, got {args.search_heartbeat}")
     if args.sigopt_parallel_bandwidth < 1:
         raise UsageError(f"--sigopt_parallel_bandwidth must be >= 1, got {args.sigopt_parallel_bandwidth}")
     for flag in ("evo_iter", "mutation_size", "crossover_size"):

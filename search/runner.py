@@ -16,6 +16,7 @@ from .store import ResultStore, prepare_results_folder, search_fingerprint
 from .evaluator import Evaluator, FATAL_ERRORS, run_baselines
 from .front import finalize_outputs, format_front_table
 from .backends import backend_named
+from .shared import search_description
 from .sigopt_backend import SigOptError
 
 logger = logging.getLogger("search")
@@ -23,12 +24,14 @@ logger = logging.getLogger("search")
 
 def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_hidden_layers: int,
                          max_seq_length: int, full_macs: int, output_dir,
-                         measured_on: dict | None = None) -> Path:
+                         measured_on: dict | None = None, menu_info: dict | None = None) -> Path:
     """Validate the flags, measure the full model and the constant-rate sweep, run the search
     backend, and write search_results.csv, pareto_front.csv, pareto.png, search_summary.json.
 
     ``measured_on``: what the caller's evaluations depend on beyond the search's own settings
     (weights and data fingerprints, lengths); rows in the CSV are reused only when it matches.
+    ``menu_info``: the length menu's details (``length_menu.build_menu``'s ``info``), kept with a
+    shared study so that ``search.collect`` can write the menu.
     Returns the path of search_results.csv. On a backend error the rows already measured stay in
     the CSV (and the outputs are refreshed) before the error propagates.
     """
@@ -38,7 +41,7 @@ def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_
     measured = search_fingerprint(args, space, full_macs, measured_on, max_seq_length=max_seq_length,
                                   batching=resolve_batching(args))
     try:
-        return _run_search(args, evaluate_fn, space, full_macs, output_dir, measured)
+        return _run_search(args, evaluate_fn, space, full_macs, output_dir, measured, menu_info)
     except (ValueError, SigOptError, *FATAL_ERRORS):
         raise
     except Exception as err:  # e.g. SQLite's "database or disk is full" as Optuna's AssertionError
@@ -49,12 +52,18 @@ def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_
 
 
 def _run_search(args: argparse.Namespace, evaluate_fn: EvaluateFn, space: SearchSpace, full_macs: int,
-                output_dir: Path, measured: dict) -> Path:
+                output_dir: Path, measured: dict, menu_info: dict | None) -> Path:
     backend = resolve_backend(args)
+    searcher = backend_named(backend)
     rates = parse_rates(args.search_rates)
     output_dir.mkdir(parents=True, exist_ok=True)
     prepare_results_folder(output_dir, measured, restart=getattr(args, "search_restart", False))
-    store = ResultStore(output_dir / RESULTS_CSV, space)
+    shared = searcher.shared_rows(args, output_dir, space, measured,
+                                  search_description(args.search_objective, space, rates, menu_info))
+    store = ResultStore(output_dir / RESULTS_CSV, space, shared=shared)
+    published = store.publish_unshared()
+    if published:
+        logger.info("stored %d rows of %s in the shared study", published, store.path)
     evaluator = Evaluator(evaluate_fn, store, full_macs, args.search_objective, measured_on=measured, space=space)
     cached_before = len(store.rows)
     bounds = ({"min_fraction": space.config(space.smallest)[0], "fraction_step": space.fraction_step}
@@ -71,7 +80,7 @@ def _run_search(args: argparse.Namespace, evaluate_fn: EvaluateFn, space: Search
     error: BaseException | None = None
     try:
         run_baselines(evaluator, space, rates)
-        found = backend_named(backend).search(args, evaluator, space, output_dir)
+        found = searcher.search(args, evaluator, space, output_dir)
         if found is not None:
             summary["search"] = found
     except BaseException as err:  # refresh the outputs, then re-raise

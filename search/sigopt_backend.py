@@ -16,6 +16,8 @@ from files import atomic_write_text
 from .common import SIGOPT_STATE_JSON, SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
+from .shared import SharedRows
+from .store import _parse_csv_row
 
 logger = logging.getLogger("search")
 
@@ -113,8 +115,48 @@ def _observation_count(experiment) -> int:
     return int(progress.observation_count or 0) if progress is not None else 0
 
 
-def _sigopt_values(row: dict, evaluator: Evaluator, metric: str) -> list[dict]:
-    return [{"name": "f1", "value": row["f1"]}, {"name": metric, "value": evaluator.compute(row)}]
+# What an observation carries beyond its two metric values, so that every worker can rebuild the
+# rows of the others from the experiment (ObservationRows).
+ROW_METADATA = ("backend", "macs", "macs_ratio", "exact_match", "eval_seconds", "questions")
+
+
+def _observation(row: dict, evaluator: Evaluator, metric: str) -> dict:
+    """An observation's values (F1 and the compute metric) and the row's other fields as metadata."""
+    return {"values": [{"name": "f1", "value": row["f1"]}, {"name": metric, "value": evaluator.compute(row)}],
+            "metadata": {key: row[key] for key in ROW_METADATA}}
+
+
+class ObservationRows(SharedRows):
+    """The rows of every worker sharing the experiment: its observations that carry a row's
+    metadata (the full-length and sweep rows are not observations: each worker measures them)."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.session: SigOptSession | None = None
+        self.experiment_id: str | None = None
+
+    def attach(self, session: "SigOptSession", experiment_id: str) -> None:
+        self.session, self.experiment_id = session, experiment_id
+
+    def rows(self) -> list[dict]:
+        if self.session is None:
+            return []
+        bound = self.session.experiment(self.experiment_id)
+        pages = self.session.call("list the observations", bound.observations().fetch)
+        rows = []
+        for observation in pages.iterate_pages():
+            metadata = dict(observation.metadata or {})
+            if observation.failed or any(key not in metadata for key in ROW_METADATA):
+                continue  # failed, or reported by a worker that did not record rows
+            config = self.space.config(_assignments_to_config(observation.assignments, self.space))
+            fields = dict(metadata, f1=next(v.value for v in observation.values if v.name == "f1"),
+                          length_config=json.dumps(list(config)), trial=0, pareto="")
+            rows.append(_parse_csv_row(fields, f"SigOpt experiment {self.experiment_id}: observation "
+                                               f"{observation.id}", self.space))
+        return rows
+
+    def publish(self, row: dict) -> None:
+        """Nothing: the loop reports each measured row as an observation itself."""
 
 
 def _save_experiment_id(state_path: Path, experiment_id: str, url: str) -> None:
@@ -137,7 +179,7 @@ def _create_experiment(args, session: "SigOptSession", evaluator: Evaluator, spa
         if row["backend"] == "sigopt":
             session.call("report a cached observation", observations.create,
                          assignments={f"x{i}": v for i, v in enumerate(space.units(row["length_config"]))},
-                         values=_sigopt_values(row, evaluator, metric))
+                         **_observation(row, evaluator, metric))
     return experiment.id
 
 
@@ -156,7 +198,7 @@ def _join_experiment(experiment_id: str, source: str, session: "SigOptSession", 
         row = evaluator.cached(_assignments_to_config(suggestion.assignments, space))
         if row is not None:
             session.call("report an observation", bound.observations().create,
-                         suggestion=suggestion.id, values=_sigopt_values(row, evaluator, metric))
+                         suggestion=suggestion.id, **_observation(row, evaluator, metric))
 
 
 def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpace,
@@ -167,6 +209,7 @@ def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     The experiment is --sigopt_experiment_id if given, else the one recorded in
     <output_dir>/sigopt_experiment.json by an earlier run, else a new one."""
     session = SigOptSession(evaluator.store.path)
+    shared = evaluator.store.shared
     metric = sigopt_metric_name(args.search_objective)
     state_path = output_dir / SIGOPT_STATE_JSON
     experiment_id, source = args.sigopt_experiment_id, "--sigopt_experiment_id"
@@ -179,6 +222,9 @@ def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     else:
         _join_experiment(experiment_id, source, session, evaluator, space, metric, state_path)
 
+    if isinstance(shared, ObservationRows):  # other workers' rows from now on, and at the end
+        shared.attach(session, experiment_id)
+        evaluator.store.refresh()
     bound = session.experiment(experiment_id)
     experiment = session.call("fetch the experiment", bound.fetch)
     budget = experiment.observation_budget
@@ -198,7 +244,7 @@ def run_sigopt(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
                              suggestion=suggestion.id, failed=True)
             else:
                 session.call("report an observation", bound.observations().create,
-                             suggestion=suggestion.id, values=_sigopt_values(row, evaluator, metric))
+                             suggestion=suggestion.id, **_observation(row, evaluator, metric))
             experiment = session.call("fetch the experiment", bound.fetch)
             bar.update(_observation_count(experiment) - bar.n)  # SigOpt's count: other workers' too
     return {"experiment_id": experiment_id, "api_url": session.url, "observation_budget": budget,

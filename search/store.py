@@ -31,7 +31,8 @@ def _row_to_csv_fields(row: dict) -> dict:
     return {key: fields.get(key, "") for key in CSV_COLUMNS}
 
 
-def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None" = None) -> dict:
+def _parse_csv_row(raw: dict, where: str, space: "SearchSpace | None" = None) -> dict:
+    """One row from its CSV fields; ``where`` names it in errors (file and line, or study and key)."""
     try:
         config = json.loads(raw["length_config"])
         if not isinstance(config, list) or not all(
@@ -52,7 +53,7 @@ def _parse_csv_row(raw: dict, path: Path, line: int, space: "SearchSpace | None"
             "pareto": None if raw.get("pareto") in ("", None) else bool(int(raw["pareto"])),
         }
     except (KeyError, TypeError, ValueError) as err:
-        raise UsageError(f"{path}: line {line}: malformed row ({err})") from err
+        raise UsageError(f"{where}: malformed row ({err})") from err
 
 
 def _check_row_config(config: list, space: "SearchSpace") -> None:
@@ -92,6 +93,9 @@ def file_lock(path: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+MEASURED = ("backend", "macs", "macs_ratio", "f1", "exact_match", "eval_seconds", "questions")
+
+
 class ResultStore:
     """``search_results.csv``: one row per measured configuration, appended and fsync'd at once.
 
@@ -99,11 +103,16 @@ class ResultStore:
     served from here instead of being evaluated again. Several workers may share the file: every
     read and write holds ``file_lock``, and each write first merges the rows others appended.
     ``space``, when given, is what every stored configuration must fit.
+
+    ``shared`` (``search.shared.SharedRows``): the rows of workers on other machines (an Optuna
+    study). Each sync merges them into the file, where they count as measured; its version of a
+    configuration wins over this folder's; each new row is stored there after the file.
     """
 
-    def __init__(self, path: Path, space: "SearchSpace | None" = None):
+    def __init__(self, path: Path, space: "SearchSpace | None" = None, shared=None):
         self.path = Path(path)
         self.space = space
+        self.shared = shared
         self.rows: list[dict] = []
         self._by_config: dict[LengthConfig, dict] = {}
         self.refresh()
@@ -127,7 +136,7 @@ class ResultStore:
             return [], True
         if tuple(reader.fieldnames) != CSV_COLUMNS:
             raise UsageError(f"{self.path}: unexpected header {reader.fieldnames}; expected {list(CSV_COLUMNS)}")
-        rows = [_parse_csv_row(raw, self.path, index + 2, self.space) for index, raw in enumerate(reader)]
+        rows = [_parse_csv_row(raw, f"{self.path}: line {index + 2}", self.space) for index, raw in enumerate(reader)]
         return rows, torn
 
     def _sync(self) -> None:
@@ -137,6 +146,9 @@ class ResultStore:
         in_file = {row["length_config"] for row in file_rows}
         lost = [row for row in self.rows if row["length_config"] not in in_file]
         merged = [self._by_config.get(row["length_config"], row) for row in file_rows] + lost
+        if self.shared is not None:
+            merged, changed = _merge_shared(merged, self.shared.rows())
+            needs_write = needs_write or changed
         self.rows, self._by_config = [], {}
         for row in merged:
             self._remember(row)
@@ -177,7 +189,22 @@ class ResultStore:
                     os.truncate(self.path, size)
                 raise
             self._remember(row)
+        if self.shared is not None:  # after the file: a row the study could not take is kept there
+            self.shared.publish(row)
         return row
+
+    def publish_unshared(self) -> int:
+        """Store in ``shared`` this folder's rows it lacks (measured before the folder joined
+        it, or by a worker stopped between the file and the study); returns how many."""
+        if self.shared is None:
+            return 0
+        with file_lock(self.path):
+            self._sync()
+            known = {row["length_config"] for row in self.shared.rows()}
+            missing = [row for row in self.rows if row["length_config"] not in known]
+            for row in missing:
+                self.shared.publish(row)
+        return len(missing)
 
     def rewrite(self, update: Callable[[list[dict]], None] | None = None) -> None:
         """Rewrite the file atomically with every worker's rows, after ``update(rows)`` (e.g.
@@ -187,6 +214,24 @@ class ResultStore:
             if update is not None:
                 update(self.rows)
             atomic_write_text(self.path, _rows_to_csv_text(self.rows))
+
+
+def _merge_shared(rows: list[dict], shared_rows: list[dict]) -> tuple[list[dict], bool]:
+    """``rows`` with the shared version of each configuration's measurements (two workers that
+    measured one configuration at once keep the study's), then the shared rows they lack, under
+    new trial numbers; and whether anything changed."""
+    by_config = {row["length_config"]: row for row in shared_rows}
+    merged, changed = [], False
+    for row in rows:
+        other = by_config.pop(row["length_config"], None)
+        if other is not None and any(other[key] != row[key] for key in MEASURED):
+            row, changed = dict(row, **{key: other[key] for key in MEASURED}), True
+        merged.append(row)
+    trial = max((row["trial"] for row in merged), default=-1) + 1
+    for offset, row in enumerate(by_config.values()):
+        merged.append(dict(row, trial=trial + offset, pareto=None))
+        changed = True
+    return merged, changed
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Endpoints:
   GET  /v1/experiments/<id>                     fetch, with progress.observation_count
   POST /v1/experiments/<id>/suggestions         next assignments (respecting the constraints)
   GET  /v1/experiments/<id>/suggestions?state=  list suggestions (pagination)
+  GET  /v1/experiments/<id>/observations        list observations (pagination)
   POST /v1/experiments/<id>/observations        report values (or failed) for a suggestion or
                                                 for explicit assignments
 Shape violations are answered with HTTP 400 and appended to ``server.errors``.
@@ -132,6 +133,10 @@ class FakeSigOpt:
             assignments = body["assignments"]
             _require(isinstance(assignments, dict) and self.satisfies(experiment, assignments),
                      f"assignments {assignments} violate the bounds or constraints")
+        metadata = body.get("metadata", {})
+        _require(isinstance(metadata, dict) and all(isinstance(k, str) and (isinstance(v, str) or _is_number(v))
+                                                    for k, v in metadata.items()),
+                 f"metadata must map names to strings or numbers, got {metadata}")
         if body.get("failed"):
             _require(body["failed"] is True and "values" not in body, "a failed observation has no values")
         else:
@@ -187,6 +192,10 @@ class FakeSigOpt:
                     if s["experiment"] == experiment["id"] and (state is None or s["state"] == state)]
             return 200, {"object": "pagination", "count": len(data), "data": data,
                          "paging": {"before": None, "after": None}}
+        if parts[2:] == ["observations"] and method == "GET":
+            data = [o for o in self.observations if o["experiment"] == experiment["id"]]
+            return 200, {"object": "pagination", "count": len(data), "data": data,
+                         "paging": {"before": None, "after": None}}
         if parts[2:] == ["observations"] and method == "POST":
             assignments = self.check_observation(experiment, body)
             if "suggestion" in body:
@@ -194,7 +203,7 @@ class FakeSigOpt:
             observation = {"object": "observation", "id": str(9000 + len(self.observations)),
                            "experiment": experiment["id"], "assignments": assignments,
                            "suggestion": body.get("suggestion"), "failed": bool(body.get("failed")),
-                           "values": body.get("values")}
+                           "values": body.get("values"), "metadata": body.get("metadata")}
             self.observations.append(observation)
             return 200, observation
         return 404, {"message": f"not found: {method} {path}"}

@@ -268,14 +268,17 @@ def test_optuna_respects_space_and_budget_and_shares_the_study(tmp_path):
         states = [s for (s,) in db.execute("select state from trials")]
     assert states.count("COMPLETE") == budget
 
-    # A second worker on the same storage (its own output folder) finds the budget spent.
+    # A second worker on the same storage (its own output folder) finds the budget spent and
+    # every row, the baselines too, in the study: it measures nothing and writes all the rows.
     task.calls.clear()
     other = make_args("--search_backend", "optuna", "--search_budget", str(budget),
                       "--search_min_length", str(min_length), "--search_rates", "0.9",
                       "--search_storage", f"sqlite:///{tmp_path / 'search.db'}")
-    search.run_search_from_args(other, task, num_layers, max_length, task.full_macs, tmp_path / "worker2")
-    assert sorted(task.calls) == sorted([(max_length,) * num_layers,
-                                         constant_rate_config(max_length, num_layers, 0.9)])
+    other_path = search.run_search_from_args(other, task, num_layers, max_length, task.full_macs,
+                                             tmp_path / "worker2")
+    assert task.calls == []
+    first = {config_of(r): (r["backend"], r["f1"], r["macs"]) for r in read_csv(path)}
+    assert {config_of(r): (r["backend"], r["f1"], r["macs"]) for r in read_csv(other_path)} == first
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,6 +505,15 @@ def test_sigopt_second_worker_joins_the_shared_experiment(tmp_path, sigopt_env):
                                     task, 3, 40, task.full_macs, tmp_path / "worker2")
         assert task.calls == [(40, 40, 40)]
         assert len(server.observations) == 4 and len(server.experiments) == 1
+        # Worker 2's CSV holds worker 1's search rows, rebuilt from the observations' values and metadata.
+        first = {config_of(r): r for r in read_csv(tmp_path / "worker1" / "search_results.csv")}
+        second = {config_of(r): r for r in read_csv(tmp_path / "worker2" / "search_results.csv")}
+        observed = {tuple(o["assignments"][f"x{i}"] for i in range(3)) for o in server.observations}
+        assert observed <= set(second) and set(second) == set(first)
+        for config in observed:
+            assert float(second[config]["f1"]) == pytest.approx(task.f1(config))
+            assert int(second[config]["macs"]) == task.macs(config)
+            assert second[config]["backend"] == first[config]["backend"] == "sigopt"
         # A model with another number of layers cannot join it.
         with pytest.raises(ValueError, match="4 layers"):
             search.run_search_from_args(make_args(*common, "--sigopt_experiment_id", experiment_id),
