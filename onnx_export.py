@@ -41,7 +41,8 @@ OUTPUT_NAMES = ("start_logits", "end_logits")
 METADATA_PREFIX = "dynamic_tinybert."
 # Raised when what export_onnx writes changes, so cached files of older versions are not reused.
 # 2: the metadata records the weights' hash and the library versions.
-EXPORT_FORMAT_VERSION = 2
+# 3: fused for ONNX Runtime (MultiHeadAttention, SkipLayerNormalization, BiasGelu).
+EXPORT_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,11 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def export_onnx(model, path, length_config=None) -> OnnxMetadata:
+def export_onnx(model, path, length_config=None, fuse: bool = True) -> OnnxMetadata:
     """Write ``model`` (a ``modeling_bert.BertForQuestionAnswering``) at ``length_config``
     (absolute or relative, validated by the model; None: full length) to the ONNX file ``path``,
-    float32, with dynamic batch and sequence axes. Returns the metadata stored in the file."""
+    float32, with dynamic batch and sequence axes, fused for ONNX Runtime unless ``fuse`` is
+    False (``fuse_for_onnxruntime``). Returns the metadata stored in the file."""
     import onnx
 
     from checkpoints import weights_sha256
@@ -200,11 +202,27 @@ def export_onnx(model, path, length_config=None) -> OnnxMetadata:
                 dynamic_shapes={name: axes for name in INPUT_NAMES}, verbose=False)
     finally:
         model.to(device=device, dtype=dtype).train(was_training)
-    proto = program.model_proto
+    proto = fuse_for_onnxruntime(program.model) if fuse else program.model_proto
     _set_metadata(proto, metadata)
     onnx.checker.check_model(proto)
     _save(proto, path)
     return metadata
+
+
+def fuse_for_onnxruntime(model_ir):
+    """onnxscript's ONNX Runtime fusions on the exported graph (as ONNX proto): each attention
+    becomes one ``com.microsoft.MultiHeadAttention``, residual + LayerNorm a
+    ``SkipLayerNormalization``, bias + GELU a ``BiasGelu``. ONNX Runtime's own session optimiser
+    matches the older TorchScript exporter's patterns, not the dynamo exporter's attention; without
+    these fusions our full-length graph ran slower than transformers' TorchScript export (docs/serving.md).
+    Dropping layers keep their explicit attention (TopK needs the scores), so fusions apply where
+    the patterns match; the logits are unchanged to float tolerance (tests/test_onnx.py)."""
+    import onnx_ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    with _quiet():
+        fused, _ = optimize_for_ort(model_ir)
+    return onnx_ir.serde.serialize_model(fused)
 
 
 # --------------------------------------------------------------------------------------------

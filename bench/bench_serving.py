@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 12): our length-adaptive model against what a user runs instead.
+"""Serving benchmark: our length-adaptive model against what a user runs instead.
 
 On one trained checkpoint and the same dev questions, every system answers the questions and is
 timed side by side (interleaved repeats, medians) at each thread count and batch size:
@@ -16,7 +16,10 @@ timed side by side (interleaved repeats, medians) at each thread count and batch
 F1 and EM (the official metric) come from one pass over all the questions per system and batch
 size (relative configurations resolve per batch, so batch 1 and 32 can differ); times come from
 the first ``--time_features`` features (sorted systems sort within them). Speedups are given
-against transformers sorted + longest (what a user would pick) and against padding to 384.
+against transformers sorted + longest (what a user would pick) and against padding to 384. Each
+system's F1 is compared question by question with the same weights at full length in float32
+(transformers sorted + longest): the mean difference with a 95% interval, so a 1% loss is
+resolvable on enough questions.
 
     python bench/bench_serving.py --model DIR --dev_file ../shared/squad/dev-v1.1.json \\
         --max_questions 500 --config full --config 'abs:[...]' --config 'rel:[...]' \\
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import files  # noqa: E402
 import postprocess  # noqa: E402
 import utils_squad  # noqa: E402
-from evaluate_squad import evaluate_answers  # noqa: E402
+from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths  # noqa: E402
 from inference import QuestionAnswerer, onnx_question_answerer  # noqa: E402
 from length_drop import is_relative  # noqa: E402
 
@@ -217,7 +220,24 @@ def score(system, examples, features, gold, batch_size) -> dict:
     batches = make_batches(features, np.arange(n), batch_size, system.order, system.pad)
     starts, ends = run_all(system, batches, n, width)
     predictions, _ = postprocess.postprocess_predictions(examples, features, starts, ends, 20, 30)
-    return evaluate_answers(gold, predictions)
+    per_question = [100.0 * metric_max_over_ground_truths(f1_score, predictions[q], answers)
+                    for q, answers in gold.items()]
+    return {**evaluate_answers(gold, predictions), "f1_per_question": per_question}
+
+
+# The same weights at full length in float32: every system's F1 is compared with it, question by question.
+F1_REFERENCE = "transformers, sorted + longest"
+
+
+def paired_f1_difference(per_question: list[float], reference: list[float]) -> dict:
+    """Mean F1 difference against the reference over the same questions, with a 95% interval
+    (normal approximation of the paired differences' mean: 1.96 standard errors)."""
+    diff = np.asarray(per_question) - np.asarray(reference)
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    mean_reference = float(np.mean(reference))
+    return {"f1_diff": float(diff.mean()), "f1_diff_ci95": float(half),
+            "relative_f1_loss": float(-diff.mean() / mean_reference) if mean_reference else float("nan"),
+            "questions_changed": int((diff != 0).sum())}
 
 
 def parse_args(argv=None):
@@ -236,6 +256,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None, help="ONNX files (default: a temporary folder)")
     p.add_argument("--output", default=None, help="results JSON")
+    p.add_argument("--plot", default=None, help="PNG: F1 against speedup at the largest threads and batch")
     p.add_argument("--scores_from", default=None,
                    help="take F1/EM from this earlier results JSON (same model, questions and systems) and "
                    "only time: for re-timing on a quieter machine")
@@ -300,24 +321,64 @@ def main(argv=None):
     for r in rows:
         if "f1" not in r:
             source = scored.get((r["system"], r["batch_size"])) or scored[(r["system"], max(batch_sizes))]
-            r.update({k: source[k] for k in ("f1", "exact_match")})
+            r.update({k: source[k] for k in ("f1", "exact_match", "f1_per_question") if k in source})
+    reference = scored.get((F1_REFERENCE, max(batch_sizes)), {}).get("f1_per_question")
+    for r in rows:
+        per_question = r.pop("f1_per_question", None)
+        if reference is not None and per_question is not None:
+            r.update(paired_f1_difference(per_question, reference))
     print_table(rows)
     if args.output:
         files.atomic_write_json(args.output, dict(
             command=" ".join(sys.argv), torch=torch.__version__, transformers=transformers.__version__,
             questions=len(examples), features=n, mean_real_tokens=float(lengths.mean()), rows=rows))
         print(f"wrote {args.output}")
+    if args.plot:
+        plot_f1_against_speedup(rows, args.plot, max(threads_list), max(batch_sizes))
+        print(f"wrote {args.plot}")
 
 
 def print_table(rows):
     header = (f"{'system':<46} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs 384':>7} "
-              f"{'F1':>6} {'EM':>6}")
+              f"{'F1':>6} {'EM':>6} {'dF1 (95%)':>14}")
     print(header)
     print("-" * len(header))
     for r in rows:
+        diff = f"{r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if "f1_diff" in r else ""
         print(f"{r['system']:<46} {r['threads']:>3} {r['batch_size']:>5} "
               f"{1e3 * r['seconds'] / r['timed_features']:>8.2f} {r['speedup_vs_sorted']:>9.2f} "
-              f"{r['speedup_vs_padded']:>7.2f} {r['f1']:>6.2f} {r['exact_match']:>6.2f}")
+              f"{r['speedup_vs_padded']:>7.2f} {r['f1']:>6.2f} {r['exact_match']:>6.2f} {diff:>14}")
+
+
+def plot_f1_against_speedup(rows, path, threads: int, batch_size: int) -> None:
+    """F1 against speedup over transformers sorted + longest, one point per system (ours joined
+    by backend across length configurations), at one thread count and batch size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r["threads"] == threads and r["batch_size"] == batch_size]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in chosen:
+        if r["family"] != "ours":
+            ax.scatter(r["speedup_vs_sorted"], r["f1"], marker="s")
+            ax.annotate(r["system"], (r["speedup_vs_sorted"], r["f1"]), fontsize=7, xytext=(4, -3),
+                        textcoords="offset points")
+    backends = sorted({r["system"].split(",")[0] for r in chosen if r["family"] == "ours"})
+    for backend in backends:
+        points = sorted((r["speedup_vs_sorted"], r["f1"]) for r in chosen
+                        if r["family"] == "ours" and r["system"].split(",")[0] == backend)
+        ax.plot(*zip(*points), marker="o", label=backend)
+    reference = next((r for r in chosen if r["system"] == F1_REFERENCE), None)
+    if reference is not None:
+        ax.axhline(reference["f1"] * 0.99, color="grey", linestyle=":", label="1% below full-length F1")
+    ax.set_xlabel(f"speedup over transformers, sorted + longest ({threads} threads, batch {batch_size})")
+    ax.set_ylabel("F1")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -338,3 +338,16 @@ def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path):
 # mean |int8 - fp32| logit over the logits' spread; measured 0.12 at full length and 0.19 at the
 # relative configuration (where int8 also changes some kept tokens); per-tensor scales: 0.29 / 0.38
 INT8_BOUNDS = {"full": 0.2, "relative": 0.3}
+
+
+def test_full_length_export_is_fused_for_onnxruntime(ws, tmp_path):
+    """Every attention of the full-length graph is one MultiHeadAttention node and every residual
+    LayerNorm a SkipLayerNormalization (the fusions that make it no slower than transformers'
+    TorchScript export); fuse=False keeps the exporter's plain ops, with the same logits."""
+    ops = [n.op_type for n in onnx.load(str(ws["onnx"]["full"])).graph.node]
+    assert ops.count("MultiHeadAttention") == 3 and ops.count("SkipLayerNormalization") == 6
+    plain = tmp_path / "plain.onnx"
+    onnx_export.export_onnx(ws["model"], plain, None, fuse=False)
+    assert "MultiHeadAttention" not in [n.op_type for n in onnx.load(str(plain)).graph.node]
+    batch = random_batch(ws["model"].config.vocab_size, 3, 40, seed=11)
+    assert_close_on_real(OrtLogits(ws["onnx"]["full"])(*batch), OrtLogits(plain)(*batch), batch[1], atol=1e-5)
