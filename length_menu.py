@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import numbers
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -131,11 +132,33 @@ def build_menu(rows: Sequence[dict], full_config: Sequence, info: dict) -> dict:
         "max_seq_length": info["max_seq_length"], "doc_stride": info.get("doc_stride"),
         "max_query_length": info.get("max_query_length"), "num_hidden_layers": info["num_hidden_layers"],
         "questions": max(questions), "objective": info.get("objective"),
+        "retime_repeats": info.get("retime_repeats"),
         "weights_sha256": info.get("weights_sha256"), "predict_file_sha256": info.get("predict_file_sha256"),
         "search_results": info.get("search_results"),
         "full": entry(full_row),
         "configurations": front,
     }
+
+
+def retime_front(rows: Sequence[dict], full_config: Sequence, time_fn, repeats: int) -> list[dict]:
+    """The full-length row and every row on the front of F1 against time or of F1 against MACs,
+    with new ``eval_seconds``: each timed by ``time_fn(config)`` ``repeats`` times, round-robin (so
+    a change of machine load touches all alike), the median kept. A search times its
+    configurations one by one, minutes apart; on a machine whose load changes, those times
+    disagree by more than the speedups they measure. The other rows are left out, so that none
+    of their one-by-one times can enter the menu's front."""
+    from search import pareto_flags  # the search's own dominance rule
+
+    by_time = pareto_flags([(r["f1"], r["eval_seconds"]) for r in rows])
+    by_macs = pareto_flags([(r["f1"], -r["macs_ratio"]) for r in rows])
+    chosen = [i for i, r in enumerate(rows)
+              if by_time[i] or by_macs[i] or tuple(r["length_config"]) == tuple(full_config)]
+    times = {i: [] for i in chosen}
+    for _ in range(repeats):
+        for i in chosen:
+            times[i].append(time_fn(tuple(rows[i]["length_config"])))
+    logger.info("length menu: %d front configurations timed again, %d times each, interleaved", len(chosen), repeats)
+    return [dict(rows[i], eval_seconds=statistics.median(times[i])) for i in chosen]
 
 
 def write_search_menu(rows: Sequence[dict], full_config: Sequence, info: dict, csv_path: Path, path: Path,

@@ -132,7 +132,11 @@ def run_search(settings: Settings, model, tokenizer, runtime) -> Path:
     csv_path = search.run_search_from_args(settings.search, evaluate_fn, model.config.num_hidden_layers,
                                            max_seq_length, full_macs, settings.output_dir,
                                            measured_on=measured_on, menu_info=info)
-    write_length_menu(settings, csv_path, model.config.num_hidden_layers, info)
+    def forward_seconds(length_config) -> float:
+        return evaluator.logits(model, length_config)[2]
+
+    retime = batching == "sorted" and settings.search.search_retime_repeats > 0
+    write_length_menu(settings, csv_path, model.config.num_hidden_layers, info, forward_seconds if retime else None)
     return csv_path
 
 
@@ -146,13 +150,19 @@ def menu_info(settings: Settings, num_layers: int, batching: str, measured_on: d
             "weights_sha256": measured_on["weights_sha256"], "predict_file_sha256": measured_on["predict_file_sha256"]}
 
 
-def write_length_menu(settings: Settings, csv_path: Path, num_layers: int, info: dict) -> Path:
-    """The search's front as the model's length menu (length_menu.py), for inference.py --speedup."""
+def write_length_menu(settings: Settings, csv_path: Path, num_layers: int, info: dict, time_fn=None) -> Path:
+    """The search's front as the model's length menu (length_menu.py), for inference.py --speedup.
+    ``time_fn(length_config)``: seconds of one timed pass, to time the front again before the menu
+    is built from it (``length_menu.retime_front``)."""
     s = settings.search
     space = search.space_from_args(s, num_layers, settings.data.max_seq_length)
     target = Path(s.search_menu) if s.search_menu else Path(settings.model.student_path) / length_menu.MENU_FILE
-    return length_menu.write_search_menu(search.ResultStore(csv_path, space).rows, space.full_config, info,
-                                         csv_path, target, fallback_dir=Path(settings.output_dir))
+    rows = search.ResultStore(csv_path, space).rows
+    if time_fn is not None:
+        rows = length_menu.retime_front(rows, space.full_config, time_fn, s.search_retime_repeats)
+        info = dict(info, retime_repeats=s.search_retime_repeats)
+    return length_menu.write_search_menu(rows, space.full_config, info, csv_path, target,
+                                         fallback_dir=Path(settings.output_dir))
 
 
 def search_measured_on(settings: Settings, model, tokenizer, batching: str = "padded") -> dict:

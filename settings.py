@@ -152,6 +152,7 @@ class SearchSettings:
     search_heartbeat: int              # seconds between an Optuna trial's heartbeats
     search_restart: bool
     search_seed: int
+    search_retime_repeats: int         # interleaved re-timing of the front before the menu (sorted batches)
     search_rates: str
     sigopt_parallel_bandwidth: int
     sigopt_experiment_id: str | None

@@ -63,6 +63,11 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="Start afresh: move the folder's earlier search files (CSV, Optuna "
                             "search.db, SigOpt experiment id, plot) to previous_search_<time>/.")
     group.add_argument("--search_seed", type=int, default=42, help="Seed of the search sampler.")
+    group.add_argument("--search_retime_repeats", type=int, default=3,
+                       help="On sorted batches: before the length menu is written, time the full model and "
+                            "every configuration on the F1-against-time or F1-against-MACs front again, "
+                            "interleaved, this many times (the median counts), so that one machine load "
+                            "applies to all; 0 keeps the search's one-by-one times (default 3).")
     group.add_argument("--search_rates", default=DEFAULT_RATES,
                        help="Comma list of keep rates for the constant-rate sweep: each layer "
                             "keeps this fraction of the previous layer's tokens.")
@@ -167,6 +172,8 @@ def validate_args(args: argparse.Namespace, num_hidden_layers: int, max_seq_leng
     if backend == "sigopt" and not os.environ.get("SIGOPT_API_TOKEN"):
         raise UsageError("--search_backend sigopt needs the API token in env SIGOPT_API_TOKEN "
                          "(or use --search_backend optuna to search offline)")
+    if args.search_retime_repeats < 0:
+        raise UsageError(f"--search_retime_repeats must be >= 0, got {args.search_retime_repeats}")
     if args.search_heartbeat < 1:
         raise UsageError(f"--search_heartbeat must be >= 1 second, got {args.search_heartbeat}")
     if args.sigopt_parallel_bandwidth < 1:

@@ -223,3 +223,31 @@ def test_read_only_model_folder_falls_back_to_the_output_dir(tmp_path, monkeypat
     written = length_menu.write_menu(MENU, tmp_path / "model" / "length_configs.json", tmp_path / "out")
     assert written == tmp_path / "out" / "length_configs.json"
     assert length_menu.load_menu(written, 3).full.f1 == 80.0
+
+
+def test_retime_front_times_only_the_fronts_interleaved_and_keeps_the_median():
+    """Rows of a search whose one-by-one times were disturbed: C's time (1 s) is spurious. The
+    re-timing takes the full row and the rows on the F1-against-time or F1-against-MACs front,
+    times them round-robin, keeps each median, and leaves the rest out of the menu."""
+    from length_menu import build_menu, retime_front
+
+    def row(config, f1, seconds, macs_ratio):
+        return {"length_config": config, "f1": f1, "exact_match": f1, "macs_ratio": macs_ratio,
+                "eval_seconds": seconds, "backend": "optuna", "questions": 10}
+    full = (1.0, 1.0)
+    rows = [row(full, 80.0, 10.0, 1.0), row((1.0, 0.8), 79.5, 8.0, 1.2), row((1.0, 0.5), 70.0, 1.0, 1.5),
+            row((1.0, 0.9), 79.0, 9.5, 1.1)]  # the last is on neither front (A dominates it both ways)
+    calls = []
+    measured = {full: [10, 12, 11], (1.0, 0.8): [8, 7, 9], (1.0, 0.5): [7, 5, 6]}
+
+    def time_fn(config):
+        calls.append(config)
+        return measured[config][sum(c == config for c in calls) - 1]
+
+    retimed = retime_front(rows, full, time_fn, repeats=3)
+    assert calls == [full, (1.0, 0.8), (1.0, 0.5)] * 3  # round-robin
+    assert {r["length_config"]: r["eval_seconds"] for r in retimed} == {full: 11, (1.0, 0.8): 8, (1.0, 0.5): 6}
+    menu = build_menu(retimed, full, {"length_space": "relative", "batching": "sorted", "batch_size": 32,
+                                      "max_seq_length": 384, "num_hidden_layers": 2})
+    assert [(c["length_config"], round(c["speedup"], 4)) for c in menu["configurations"]] == [
+        ([1.0, 1.0], 1.0), ([1.0, 0.8], round(11 / 8, 4)), ([1.0, 0.5], round(11 / 6, 4))]
