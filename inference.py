@@ -61,6 +61,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
                 "pytorch_model.bin.index.json")
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 BACKENDS = ("torch", "onnxruntime")
+WINDOW_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}  # the reference's
 
 
 def check_model_folder(folder) -> Path:
@@ -94,6 +95,30 @@ def read_model_config(folder) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"--model {folder}: unreadable config.json ({err})") from None
     return config
+
+
+def window_settings(folder, max_seq_length=None, doc_stride=None, max_query_length=None) -> dict:
+    """The windows features are cut into: each setting as given, else as the model was trained
+    (``training_args.json``, which every checkpoint of run_squad.py carries), else the reference's
+    default (384, 128, 64). A model answers best on the windows it was trained and searched on."""
+    trained = {}
+    path = Path(folder) / "training_args.json"
+    if path.is_file():
+        try:
+            trained = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--model {folder}: unreadable training_args.json ({err})") from None
+    given = {"max_seq_length": max_seq_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
+    settings = {}
+    for name, value in given.items():
+        if value is None:
+            value = trained.get(name) if isinstance(trained, dict) else None
+        if value is None:
+            value = WINDOW_DEFAULTS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+        settings[name] = value
+    return settings
 
 
 def set_threads(threads) -> None:
@@ -156,8 +181,8 @@ class QuestionAnswerer:
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
-    def from_pretrained(cls, folder, length_config=None, max_seq_length=384, doc_stride=128,
-                        max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32,
+    def from_pretrained(cls, folder, length_config=None, max_seq_length=None, doc_stride=None,
+                        max_query_length=None, n_best_size=20, max_answer_length=30, batch_size=32,
                         device="cpu", threads=None, pad_to_max_length=False, *, backend="torch",
                         onnx_path=None, int8=False, int8_settings: Int8Settings = Int8Settings(),
                         cache_dir=None, speedup=None, max_f1_drop=None, menu=None) -> "QuestionAnswerer":
@@ -166,10 +191,13 @@ class QuestionAnswerer:
         ``onnx_cache``); ``backend="onnxruntime"`` runs the ONNX file ``onnx_path``
         (``int8=True`` quantises a float32 file into ``cache_dir`` first).
         ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
-        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
+        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``). Window
+        settings left None are the model's own (``window_settings``)."""
         set_threads(threads)
         check_backend(backend, onnx_path, int8, device)
         config = read_model_config(folder)  # a wrong length configuration is said before any weights load
+        max_seq_length, doc_stride, max_query_length = window_settings(
+            folder, max_seq_length, doc_stride, max_query_length).values()
         layers = config["num_hidden_layers"]
         length_config = checked_length_config(length_config, layers, max_seq_length)
         choice = length_menu.pick(folder, layers, length_config, speedup, max_f1_drop, menu)
@@ -268,19 +296,21 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
     set_threads(threads)
     config = read_model_config(folder)
-    length_config = checked_length_config(length_config, config["num_hidden_layers"],
-                                          settings.get("max_seq_length", 384))
+    windows = {name: settings.pop(name, None) for name in WINDOW_DEFAULTS}
+    settings.update(window_settings(folder, **windows))
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], settings["max_seq_length"])
     ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
     provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir)
     tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
     return QuestionAnswerer(provider, tokenizer, **settings)
 
 
-def export_model(folder, path, length_config=None, max_seq_length=384, int8=False,
+def export_model(folder, path, length_config=None, max_seq_length=None, int8=False,
                  int8_settings: Int8Settings = Int8Settings()):
     """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
     (float32, or int8 with ``int8``). Returns the file's metadata."""
     config = read_model_config(folder)
+    max_seq_length = window_settings(folder, max_seq_length)["max_seq_length"]
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
     if Path(path).is_dir():
         raise UsageError(f"--export_onnx {path}: is a folder")
@@ -303,8 +333,8 @@ def export_model(folder, path, length_config=None, max_seq_length=384, int8=Fals
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Answer questions with a Dynamic-TinyBERT model.")
     p.add_argument("--model", required=True, help="folder of a saved model and its tokenizer")
-    p.add_argument("--question")
-    p.add_argument("--context")
+    p.add_argument("--question", help="one question (with --context); prints the answer as JSON")
+    p.add_argument("--context", help="the text the answer is taken from")
     p.add_argument("--input", help="a SQuAD v1.1 JSON file of questions")
     p.add_argument("--output", help="where to write the predictions {id: answer} (with --input)")
     lengths = p.add_mutually_exclusive_group()
@@ -316,14 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "whose F1 is within this many points of full length")
     p.add_argument("--menu", help="the length menu for --speedup/--max_f1_drop (default "
                    "<model>/length_configs.json, written by the search)")
-    p.add_argument("--max_seq_length", type=int, default=384)
-    p.add_argument("--doc_stride", type=int, default=128)
-    p.add_argument("--max_query_length", type=int, default=64)
-    p.add_argument("--n_best_size", type=int, default=20)
-    p.add_argument("--max_answer_length", type=int, default=30)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
+    for name, default in WINDOW_DEFAULTS.items():
+        p.add_argument(f"--{name}", type=int, help=f"default: the model's training_args.json, else {default}")
+    p.add_argument("--n_best_size", type=int, default=20, help="start and end candidates per window")
+    p.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in tokens")
+    p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--threads", type=int, help="CPU threads (torch and ONNX Runtime; default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device of the torch backend, e.g. cuda")
     p.add_argument("--pad_to_max_length", action="store_true",
                    help="pad batches to --max_seq_length: exactly run_squad.py --do_eval's answers (slower)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",

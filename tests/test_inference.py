@@ -155,3 +155,26 @@ def test_cli_answers_a_file_without_gold_answers(ws, tmp_path):
     assert outputs[0] == outputs[1] and len(outputs[0]) > 3
     with pytest.raises(utils_squad.SquadFormatError, match="answers"):
         utils_squad.read_squad_examples(bare, is_training=False)  # evaluation still needs gold
+
+
+def test_windows_default_to_the_ones_the_model_was_trained_with(ws, tmp_path):
+    """A checkpoint's training_args.json gives the windows; a flag overrides one; a folder without
+    it gets the reference's 384/128/64."""
+    model = tmp_path / "trained"
+    shutil.copytree(ws["model"], model)
+    (model / "training_args.json").write_text(json.dumps({"max_seq_length": 96, "doc_stride": 24,
+                                                          "max_query_length": 20, "learning_rate": 1e-4}))
+    qa = inference.QuestionAnswerer.from_pretrained(model)
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (96, 24, 20)
+    qa = inference.QuestionAnswerer.from_pretrained(model, doc_stride=16)
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (96, 16, 20)
+    assert inference.window_settings(ws["model"]) == {"max_seq_length": 384, "doc_stride": 128,
+                                                      "max_query_length": 64}
+    # the window decides the features: a 100-token context is one feature at 384, several at 96
+    context = " ".join(["the cat sat on the mat"] * 17)
+    example = utils_squad.SquadExample("q", "", "where did the cat sit", context, [])
+    assert len(qa.features([example])) > 1
+    assert len(inference.QuestionAnswerer.from_pretrained(ws["model"]).features([example])) == 1
+    (model / "training_args.json").write_text("{not json")
+    with pytest.raises(inference.UsageError, match="training_args.json"):
+        inference.QuestionAnswerer.from_pretrained(model)
