@@ -1,4 +1,4 @@
-"""Serving benchmark (issue 12): our length-adaptive model against what a user runs instead.
+"""Serving benchmark: our length-adaptive model against what a user runs instead.
 
 On one trained checkpoint and the same dev questions, every system answers the questions and is
 timed side by side (interleaved repeats, medians) at each thread count and batch size:

@@ -1,4 +1,4 @@
-"""inference.py: the QuestionAnswerer API and its command line (issue 12, first piece)."""
+"""inference.py: the QuestionAnswerer API and its command line."""
 import json
 import shutil
 import subprocess
