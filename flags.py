@@ -19,8 +19,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+USAGE = "%(prog)s --model_name_or_path DIR --output_dir DIR [--do_train] [--do_eval] [--do_search] [flags below]"
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, usage=USAGE)
     add_model_and_data_args(p.add_argument_group("model and data"))
     add_task_args(p.add_argument_group("what to do"))
     add_optimisation_args(p.add_argument_group("optimisation and runtime"))
