@@ -30,6 +30,8 @@ def run(args) -> dict:
     runtime = setup_runtime(settings.runtime)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if runtime.is_main else logging.WARNING, force=True)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # the log says what loaded; stderr keeps our own progress bars
     set_seed(settings.runtime.seed)
     tokenizer = load_tokenizer(settings.model)
     model, teacher = load_student_and_teacher(settings.model, settings.objective, tokenizer, runtime)
