@@ -43,9 +43,10 @@ def weights_sha256(model) -> str:
 
 def keeps_training_state(retention: str, name: str) -> bool:
     """Whether checkpoint ``name`` keeps ``training_state.pt`` under ``--save_training_state``:
-    ``last`` only checkpoint-last (what ``--resume_from_checkpoint`` continues from), ``all`` every
-    checkpoint, ``none`` no checkpoint. The optimizer's moments are twice the model's size."""
-    return retention == "all" or (retention == "last" and name == "checkpoint-last")
+    ``resume`` the checkpoints a run is resumed from (checkpoint-last, checkpoint-N) but not
+    checkpoint-best, a model to use; ``all`` every checkpoint; ``none`` none. The optimizer's
+    moments are twice the model's size."""
+    return retention == "all" or (retention == "resume" and name != "checkpoint-best")
 
 
 def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,

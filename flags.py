@@ -61,9 +61,9 @@ def add_task_args(g) -> None:
     a("--do_eval", action="store_true", help="evaluate the final model on --predict_file")
     a("--evaluate_during_training", action="store_true", help="evaluate every --logging_steps and at the end")
     a("--save_only_best", action="store_true", help="keep checkpoint-best and checkpoint-last, no checkpoint-N")
-    a("--save_training_state", default="last", choices=["last", "all", "none"],
+    a("--save_training_state", default="resume", choices=["resume", "all", "none"],
       help="checkpoints that keep training_state.pt (optimizer, scheduler, RNG; twice the model's size) "
-      "for --resume_from_checkpoint: checkpoint-last, every checkpoint, or none")
+      "for --resume_from_checkpoint: checkpoint-last and checkpoint-N, also checkpoint-best, or none")
     a("--overwrite_output_dir", action="store_true", help="write into a non-empty --output_dir (deletes nothing)")
     a("--resume_from_checkpoint", default=None, help="a checkpoint folder with training_state.pt to continue from")
 

@@ -218,11 +218,12 @@ def test_checkpoint_best_stores_the_f1_it_was_saved_for(ws, tmp_path):
     best_step = next(e["step"] for e in history if e["f1"] == best_f1)
     assert best["global_step"] == best_step
     assert last["best_f1"] == pytest.approx(best_f1)
-    # --save_training_state last (the default): only checkpoint-last carries the optimizer state
+    # --save_training_state resume (the default): checkpoint-best carries no optimizer state
     assert not (out / "checkpoint-best" / run_squad.TRAINING_STATE).exists()
 
 
-@pytest.mark.parametrize("retention, kept", [("all", {"checkpoint-best", "checkpoint-last", "checkpoint-2"}),
+@pytest.mark.parametrize("retention, kept", [("resume", {"checkpoint-last", "checkpoint-2"}),
+                                             ("all", {"checkpoint-best", "checkpoint-last", "checkpoint-2"}),
                                              ("none", set())])
 def test_save_training_state_chooses_the_checkpoints_that_keep_it(ws, tmp_path, retention, kept):
     out = tmp_path / "o"

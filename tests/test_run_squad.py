@@ -120,7 +120,7 @@ def test_training_learns_its_training_questions(workspace, tmp_path):
                              tiny_bert_config(len(env["tok"]), num_hidden_layers=2, hidden_size=64,
                                               intermediate_size=128, max_position_embeddings=512),
                              seed=0, tokenizer=env["tok"])
-    common = ["--predict_file", "train-v1.1.json", "--per_gpu_eval_batch_size", "64", "--threads", "2"]
+    common = ["--predict_file", "train-v1.1.json", "--per_gpu_eval_batch_size", "64"]
     args = tiny_args(env, tmp_path / "before", "--do_eval", *common)
     args[args.index("--model_name_or_path") + 1] = learner
     assert run(args) == 0
@@ -506,5 +506,5 @@ def test_help_loads_no_torch_and_every_flag_has_a_help_line():
     assert [a.dest for a in flags if not a.help] == []
     help_text = " ".join(parser.format_help().split())
     assert "--learning_rate LEARNING_RATE AdamW's peak learning rate (default: 5e-05)" in help_text
-    assert "--save_training_state {last,all,none}" in help_text and "(default: last)" in help_text
+    assert "--save_training_state {resume,all,none}" in help_text and "(default: resume)" in help_text
     assert "{None,bert}" not in help_text
