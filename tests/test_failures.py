@@ -17,6 +17,7 @@ import torch
 import checkpoints
 import files
 import length_drop
+import pipeline
 import run_squad
 import search
 import utils_squad
@@ -437,7 +438,7 @@ def test_a_bad_output_dir_is_refused_before_the_model_loads(ws, tmp_path, capsys
     def must_not_load(*a, **k):
         raise AssertionError("the model was loaded before --output_dir was checked")
 
-    monkeypatch.setattr(run_squad, "load_tokenizer", must_not_load)
+    monkeypatch.setattr(pipeline, "load_tokenizer", must_not_load)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = {"is_a_file": blocker, "under_a_file": blocker / "out", "read_only": tmp_path / "ro"}[case]
