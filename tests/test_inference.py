@@ -1,8 +1,6 @@
 """inference.py: the QuestionAnswerer API and its command line."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,8 @@ import torch
 import inference
 import run_squad
 import utils_squad
-from helpers import REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
+from helpers import run_inference_cli as run_cli
+from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
 LENGTHS = ["--max_seq_length", "128", "--doc_stride", "32"]
 FIXED = "[60, 40, 30]"
@@ -25,11 +24,6 @@ def ws(tmp_path_factory):
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=512)
     return {"squad": squad, "root": root, "model": save_tiny_bert(root / "model", config, seed=3, tokenizer=tok)}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 def error_line(proc) -> str:
