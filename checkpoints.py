@@ -20,6 +20,8 @@ import files
 from errors import DiskFullError
 from settings import TRAINING_STATE  # noqa: F401  (the file name, re-exported)
 
+CHECKPOINT_INFO = "checkpoint_info.json"  # the step a checkpoint was saved at, and the best F1 then
+
 logger = logging.getLogger("run_squad")
 
 
@@ -39,11 +41,22 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
+def keeps_training_state(retention: str, name: str) -> bool:
+    """Whether checkpoint ``name`` keeps ``training_state.pt`` under ``--save_training_state``:
+    ``resume`` the checkpoints a run is resumed from (checkpoint-last, checkpoint-N) but not
+    checkpoint-best, a model to use; ``all`` every checkpoint; ``none`` none. The optimizer's
+    moments are twice the model's size."""
+    return retention == "all" or (retention == "resume" and name != "checkpoint-best")
+
+
 def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,
-                    training_state: dict | None = None) -> None:
+                    training_state: dict | None = None, keep_training_state: bool = True) -> None:
     """Write a Hugging Face checkpoint into a temporary folder, then swap it in by renames, so a
     crash never leaves a broken checkpoint at ``folder`` (``recover_checkpoints`` finishes a swap
-    cut short). A failed write leaves nothing behind; a full disk is said as such."""
+    cut short). A failed write leaves nothing behind; a full disk is said as such. With a
+    ``training_state``, its step and best F1 go into ``checkpoint_info.json`` and, if
+    ``keep_training_state``, the whole state into ``training_state.pt``. Files get the mode the
+    umask gives (transformers writes its weights 0600)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -55,7 +68,10 @@ def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,
         tokenizer.save_pretrained(str(tmp))
         files.atomic_write_json(tmp / "training_args.json", training_args)
         if training_state is not None:
-            torch.save(training_state, tmp / TRAINING_STATE)
+            files.atomic_write_json(tmp / CHECKPOINT_INFO, {k: training_state[k] for k in ("global_step", "best_f1")})
+            if keep_training_state:
+                torch.save(training_state, tmp / TRAINING_STATE)
+        files.follow_umask(tmp)
     except BaseException as err:
         disk_full = files.is_disk_full(err, folder.parent)  # before the partial copy is freed
         shutil.rmtree(tmp, ignore_errors=True)

@@ -73,6 +73,15 @@ def temporary_beside(path, suffix: str = ".tmp"):
         Path(tmp).unlink(missing_ok=True)
 
 
+def follow_umask(folder) -> None:
+    """Give the files directly in ``folder`` ``new_file_mode()`` (libraries that write through
+    temporary files leave them 0600, unreadable to others on a shared machine)."""
+    mode = new_file_mode()
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ".tmp"):
     """The one write-then-rename of the project: yields a temporary file beside ``path`` (hidden,

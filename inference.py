@@ -62,6 +62,7 @@ from settings import WEIGHT_FILES, WINDOW_FLAGS, check_device, check_threads, ch
 
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 BACKENDS = ("torch", "onnxruntime")
+WINDOW_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}  # the reference's
 
 
 def check_model_folder(folder) -> Path:
@@ -95,6 +96,30 @@ def read_model_config(folder) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"--model {folder}: unreadable config.json ({err})") from None
     return config
+
+
+def window_settings(folder, max_seq_length=None, doc_stride=None, max_query_length=None) -> dict:
+    """The windows features are cut into: each setting as given, else as the model was trained
+    (``training_args.json``, which every checkpoint of run_squad.py carries), else the reference's
+    default (384, 128, 64). A model answers best on the windows it was trained and searched on."""
+    trained = {}
+    path = Path(folder) / "training_args.json"
+    if path.is_file():
+        try:
+            trained = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--model {folder}: unreadable training_args.json ({err})") from None
+    given = {"max_seq_length": max_seq_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
+    settings = {}
+    for name, value in given.items():
+        if value is None:
+            value = trained.get(name) if isinstance(trained, dict) else None
+        if value is None:
+            value = WINDOW_DEFAULTS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+        settings[name] = value
+    return settings
 
 
 def set_threads(threads) -> None:
@@ -175,8 +200,8 @@ class QuestionAnswerer:
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
-    def from_pretrained(cls, folder, length_config=None, max_seq_length=384, doc_stride=128,
-                        max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32,
+    def from_pretrained(cls, folder, length_config=None, max_seq_length=None, doc_stride=None,
+                        max_query_length=None, n_best_size=20, max_answer_length=30, batch_size=32,
                         device="cpu", threads=None, pad_to_max_length=False, *, backend="torch",
                         onnx_path=None, int8=False, int8_settings: Int8Settings = Int8Settings(),
                         cache_dir=None, speedup=None, max_f1_drop=None, menu=None) -> "QuestionAnswerer":
@@ -185,10 +210,13 @@ class QuestionAnswerer:
         ``onnx_cache``); ``backend="onnxruntime"`` runs the ONNX file ``onnx_path``
         (``int8=True`` quantises a float32 file into ``cache_dir`` first).
         ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
-        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
+        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``). Window
+        settings left None are the model's own (``window_settings``)."""
         set_threads(threads)
         check_backend(backend, onnx_path, int8, device)
         config = read_model_config(folder)  # wrong settings are said before any weights load
+        max_seq_length, doc_stride, max_query_length = window_settings(
+            folder, max_seq_length, doc_stride, max_query_length).values()
         check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
                            config.get("max_position_embeddings"))
         layers = config["num_hidden_layers"]
@@ -298,10 +326,12 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
     set_threads(threads)
     config = read_model_config(folder)
+    windows = {name: settings.pop(name, None) for name in WINDOW_DEFAULTS}
+    settings.update(window_settings(folder, **windows))
     defaults = inspect.signature(QuestionAnswerer.__init__).parameters
     window = [settings.get(name, defaults[name].default) for name in WINDOW_FLAGS]
     check_window_flags(*window, config.get("max_position_embeddings"))
-    length_config = checked_length_config(length_config, config["num_hidden_layers"], window[0])
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], settings["max_seq_length"])
     ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
     provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
                                          ort_backend.folder_weights_sha256(folder))
@@ -309,12 +339,13 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     return QuestionAnswerer(provider, tokenizer, **settings)
 
 
-def export_model(folder, path, length_config=None, max_seq_length=384, int8=False,
+def export_model(folder, path, length_config=None, max_seq_length=None, int8=False,
                  int8_settings: Int8Settings = Int8Settings(), menu_choice=None):
     """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
     (float32, or int8 with ``int8``). ``menu_choice``: the ``length_menu.Choice`` the
     configuration came from (its menu must describe these weights). Returns the file's metadata."""
     config = read_model_config(folder)
+    max_seq_length = window_settings(folder, max_seq_length)["max_seq_length"]
     check_window_flags(max_seq_length, 1, 1, 1, 1)
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
     files.check_output_file(path, "--export_onnx")
@@ -339,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Answer questions with a Dynamic-TinyBERT model.")
     p.add_argument("--model", help="folder of a saved model and its tokenizer (needed except with "
                    "--list_cache/--clear_cache)")
-    p.add_argument("--question")
-    p.add_argument("--context")
+    p.add_argument("--question", help="one question (with --context); prints the answer as JSON")
+    p.add_argument("--context", help="the text the answer is taken from")
     p.add_argument("--input", help="a SQuAD v1.1 JSON file of questions")
     p.add_argument("--output", help="where to write the predictions {id: answer} (with --input) or the answer "
                    "(with --question); '-' for standard output. A new or regular file, never --input")
@@ -353,14 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "whose F1 is within this many points of full length")
     p.add_argument("--menu", help="the length menu for --speedup/--max_f1_drop (default "
                    "<model>/length_configs.json, written by the search)")
-    p.add_argument("--max_seq_length", type=int, default=384)
-    p.add_argument("--doc_stride", type=int, default=128)
-    p.add_argument("--max_query_length", type=int, default=64)
-    p.add_argument("--n_best_size", type=int, default=20)
-    p.add_argument("--max_answer_length", type=int, default=30)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
+    for name, default in WINDOW_DEFAULTS.items():
+        p.add_argument(f"--{name}", type=int, help=f"default: the model's training_args.json, else {default}")
+    p.add_argument("--n_best_size", type=int, default=20, help="start and end candidates per window")
+    p.add_argument("--max_answer_length", type=int, default=30, help="longest answer, in tokens")
+    p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--threads", type=int, help="CPU threads (torch and ONNX Runtime; default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device of the torch backend, e.g. cuda")
     p.add_argument("--pad_to_max_length", action="store_true",
                    help="pad batches to --max_seq_length: exactly run_squad.py --do_eval's answers (slower)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -389,8 +419,8 @@ def check_flags(args) -> None:
     config = read_model_config(args.model)
     # an export runs at any width up to the model's positions: --max_seq_length only bounds counts
     positions = None if args.export_onnx else config.get("max_position_embeddings")
-    check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
-                       args.max_answer_length, positions)
+    window = window_settings(args.model, args.max_seq_length, args.doc_stride, args.max_query_length)
+    check_window_flags(*window.values(), args.n_best_size, args.max_answer_length, positions)
     for flag in ("question", "context"):
         if getattr(args, flag) is not None:
             check_text(getattr(args, flag), f"--{flag}", flag)
@@ -415,7 +445,8 @@ def run_export(args) -> None:
     layers = read_model_config(args.model)["num_hidden_layers"]
     choice = length_menu.pick(args.model, layers, length_config, args.speedup, args.max_f1_drop, args.menu)
     if choice is not None:  # export the menu's choice
-        length_config = length_menu.choice_config(choice, layers, args.max_seq_length)
+        max_seq_length = window_settings(args.model, args.max_seq_length)["max_seq_length"]
+        length_config = length_menu.choice_config(choice, layers, max_seq_length)
     metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
                             menu_choice=choice)
     if choice is not None:

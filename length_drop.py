@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-import torch
-
 
 def _describe(value) -> str:
     return f"{_shortened(repr(value))} ({type(value).__name__})"
@@ -261,6 +259,7 @@ def constant_drop_config(max_seq_length: int, num_hidden_layers: int, drop_ratio
 def activation_macs_per_element(hidden_act: str) -> int:
     """MACs torchprofile counts per element for an activation (its ``aten::mul`` ops: 0 for
     gelu/relu/silu, a few for the tanh-approximated GELUs)."""
+    import torch
     import torchprofile
     from transformers.activations import ACT2FN
 
@@ -321,6 +320,7 @@ def profile_macs(model, seq_length: int, length_config: Sequence[int] | None = N
                  layer_config: Sequence[int] | None = None) -> int:
     """torchprofile MACs of ``model`` on a ``(1, seq_length)`` input of real tokens, traced anew for
     this configuration (set as the model's default for the trace, then restored)."""
+    import torch
     import torchprofile
 
     saved_length, saved_layers = model.length_config, model.layer_config

@@ -1,6 +1,8 @@
 """Loading what a run works on: tokenizer, student and teacher models, SQuAD features."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ from runtime import Runtime
 from settings import DataSettings, ModelSettings, ObjectiveSettings, first_line, writable
 
 LOADING_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
+logger = logging.getLogger("loading")
 
 
 def load_tokenizer(settings: ModelSettings):
@@ -52,7 +55,25 @@ def load_model(path: str, config_name: str | None = None, **config_overrides) ->
     # float32 master weights whatever the checkpoint's storage dtype: transformers 5 otherwise
     # loads a bf16/fp16 checkpoint in that dtype, and AdamW would then update half-precision
     # weights (speed comes from --bf16/--fp16 autocast instead).
-    return BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32)
+    with transformers_quiet():
+        model, info = BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32,
+                                                               output_loading_info=True)
+    if info["missing_keys"]:
+        logger.warning("%s: %s not in the checkpoint, initialised at random (expected when starting from "
+                       "a model without a QA head: training learns them)", path, ", ".join(sorted(info["missing_keys"])))
+    return model
+
+
+@contextlib.contextmanager
+def transformers_quiet():
+    """transformers' own load report (a coloured table) off: the one line above says what matters."""
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logger.setLevel(level)
 
 
 def load_model_checked(path: str, flag: str, *args, **kwargs) -> BertForQuestionAnswering:

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import files
+
 
 def parse_layers(text: str, num_layers: int) -> list[int]:
     """'2,4,6' -> [2, 4, 6]; 1-based, strictly increasing, each in [1, num_layers]."""
@@ -62,6 +64,7 @@ def make_student(model_dir: str, layers_text: str, output_dir: str) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     model.save_pretrained(str(tmp))
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp))
+    files.follow_umask(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.rmdir()

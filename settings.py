@@ -109,6 +109,7 @@ class TrainSettings:
     seed: int
     evaluate_during_training: bool
     save_only_best: bool
+    save_training_state: str  # which checkpoints keep training_state.pt: "resume", "all" or "none"
     resume_from_checkpoint: str | None
     precision: str
     train_padding: str        # "max_length" (the reference's) or "longest"

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from checkpoints import restore_rng_state, rng_state, save_checkpoint, unwrap
+from checkpoints import keeps_training_state, restore_rng_state, rng_state, save_checkpoint, unwrap
 from objective import Objective, sandwich_weight, sub_models_for_step
 from runtime import Runtime, autocast_context, set_seed
 from settings import TRAINING_STATE, SandwichSettings, TrainSettings
@@ -171,13 +171,14 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
                 **({"scaler": scaler.state_dict()} if scaler is not None else {})}
 
     def save(name: str, state: dict) -> None:
-        save_checkpoint(Path(settings.output_dir) / name, model, tokenizer, training_args, state)
+        save_checkpoint(Path(settings.output_dir) / name, model, tokenizer, training_args, state,
+                        keep_training_state=keeps_training_state(settings.save_training_state, name))
 
     accumulation = settings.gradient_accumulation_steps
-    logger.info("training: %d features, %d epochs, %d optimisation steps, batch %d x %d GPUs x %d accumulation, "
-                "padded to %s%s", len(train_dataset), num_epochs, total_steps, settings.per_gpu_train_batch_size,
-                runtime.world_size, accumulation, settings.train_padding,
-                ", grouped by length" if settings.group_by_length else "")
+    logger.info("training: %d features, %d epochs, %d optimisation steps, batch %d x %d processes x %d "
+                "accumulation, on %s, padded to %s%s", len(train_dataset), num_epochs, total_steps,
+                settings.per_gpu_train_batch_size, runtime.world_size, accumulation, runtime.device.type,
+                settings.train_padding, ", grouped by length" if settings.group_by_length else "")
     num_layers = raw_model.config.num_hidden_layers
     running = defaultdict(float)
     logged_steps = 0

@@ -22,8 +22,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="sigopt | optuna | evolution | constant. Default, decided when the "
                             "search starts: sigopt if env SIGOPT_API_TOKEN is set, else optuna.")
     group.add_argument("--search_budget", type=int, default=150,
-                       help="Configurations the search backend evaluates (cached ones count). "
-                            "Default 150 as Intel's SigOpt observation_budget / Optuna n_trials.")
+                       help="Configurations the search backend evaluates (cached ones count; Intel's SigOpt "
+                            "observation_budget / Optuna n_trials).")
     group.add_argument("--search_min_length", type=int, default=91,
                        help="Smallest number of tokens a layer may keep (Intel: 91).")
     group.add_argument("--search_objective", default="macs", choices=OBJECTIVES,
@@ -35,10 +35,10 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                             "keep fractions of each batch's longest real sequence, on a grid of "
                             "--search_fraction_step from --search_min_fraction to 1.")
     group.add_argument("--search_min_fraction", type=float, default=0.25,
-                       help="Relative space: smallest keep fraction a layer may have (default 0.25; "
-                            "--search_min_length's counterpart).")
+                       help="Relative space: smallest keep fraction a layer may have "
+                            "(--search_min_length's counterpart).")
     group.add_argument("--search_fraction_step", type=float, default=0.01,
-                       help="Relative space: the grid of keep fractions (default 0.01).")
+                       help="Relative space: the grid of keep fractions.")
     group.add_argument("--search_batching", default=None, choices=BATCHINGS,
                        help="How configurations are evaluated and timed: 'padded' (file order, every "
                             "batch padded to --max_seq_length, the paper's) or 'sorted' (sorted by "

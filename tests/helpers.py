@@ -32,3 +32,22 @@ def require_shared_squad(name: str = "dev-v1.1.json") -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent")
     return path
+
+
+def run_inference_cli(*args) -> "subprocess.CompletedProcess":
+    """``python inference.py ARGS``, run in this process (a new interpreter pays seconds of torch
+    and transformers imports per call): its exit code and what it printed."""
+    import contextlib
+    import io
+    import subprocess
+
+    import inference
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = inference.main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(["inference.py", *argv], code, out.getvalue(), err.getvalue())

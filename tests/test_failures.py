@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import files
 import length_drop
+import pipeline
 import run_squad
 import search
 import utils_squad
@@ -211,12 +213,37 @@ def test_checkpoint_best_stores_the_f1_it_was_saved_for(ws, tmp_path):
                      "--max_steps", "4", "--learning_rate", "3e-3", "--per_gpu_train_batch_size", "4")) == 0
     history = json.loads((out / "eval_results.json").read_text())["history"]
     best_f1 = max(e["f1"] for e in history)
-    best = torch.load(out / "checkpoint-best" / run_squad.TRAINING_STATE, weights_only=True)
+    best = json.loads((out / "checkpoint-best" / checkpoints.CHECKPOINT_INFO).read_text())
     last = torch.load(out / "checkpoint-last" / run_squad.TRAINING_STATE, weights_only=True)
     assert best["best_f1"] == pytest.approx(best_f1)
     best_step = next(e["step"] for e in history if e["f1"] == best_f1)
     assert best["global_step"] == best_step
     assert last["best_f1"] == pytest.approx(best_f1)
+    # --save_training_state resume (the default): checkpoint-best carries no optimizer state
+    assert not (out / "checkpoint-best" / run_squad.TRAINING_STATE).exists()
+
+
+@pytest.mark.parametrize("retention, kept", [("resume", {"checkpoint-last", "checkpoint-2"}),
+                                             ("all", {"checkpoint-best", "checkpoint-last", "checkpoint-2"}),
+                                             ("none", set())])
+def test_save_training_state_chooses_the_checkpoints_that_keep_it(ws, tmp_path, retention, kept):
+    out = tmp_path / "o"
+    assert main(argv(ws, out, "--do_train", "--evaluate_during_training", "--logging_steps", "2",
+                     "--save_steps", "2", "--max_steps", "2", "--save_training_state", retention)) == 0
+    folders = {p.parent.name for p in out.glob("*/" + run_squad.TRAINING_STATE)}
+    assert folders == kept
+    assert (out / "checkpoint-last" / checkpoints.CHECKPOINT_INFO).is_file()
+
+
+def test_checkpoint_files_follow_the_umask(ws, tmp_path):
+    out = tmp_path / "o"
+    old = os.umask(0o022)
+    try:
+        assert main(argv(ws, out, "--do_train", "--max_steps", "1")) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "checkpoint-last").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
 
 
 # --- 6. the checkpoint swap, and failed saves -------------------------------------------------------
@@ -266,7 +293,7 @@ def test_recovery_keeps_the_newest_complete_copy_and_removes_the_rest(tmp_path):
                  "checkpoint-best", ".checkpoint-best.tmp-999997"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "marker").write_text(name)
-    run_squad.recover_checkpoints(tmp_path)
+    checkpoints.recover_checkpoints(tmp_path)
     assert (tmp_path / "checkpoint-last" / "marker").read_text() == ".checkpoint-last.tmp-999999"
     assert (tmp_path / "checkpoint-best" / "marker").read_text() == "checkpoint-best"
     assert not (tmp_path / "checkpoint-7").exists()  # an unfinished first save
@@ -411,7 +438,7 @@ def test_a_bad_output_dir_is_refused_before_the_model_loads(ws, tmp_path, capsys
     def must_not_load(*a, **k):
         raise AssertionError("the model was loaded before --output_dir was checked")
 
-    monkeypatch.setattr(run_squad, "load_tokenizer", must_not_load)
+    monkeypatch.setattr(pipeline, "load_tokenizer", must_not_load)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = {"is_a_file": blocker, "under_a_file": blocker / "out", "read_only": tmp_path / "ro"}[case]

@@ -1,8 +1,6 @@
-"""inference.py: the QuestionAnswerer API and its command line (issue 12, first piece)."""
+"""inference.py: the QuestionAnswerer API and its command line."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,8 @@ import torch
 import inference
 import run_squad
 import utils_squad
-from helpers import REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
+from helpers import run_inference_cli as run_cli
+from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
 LENGTHS = ["--max_seq_length", "128", "--doc_stride", "32"]
 FIXED = "[60, 40, 30]"
@@ -25,11 +24,6 @@ def ws(tmp_path_factory):
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=512)
     return {"squad": squad, "root": root, "model": save_tiny_bert(root / "model", config, seed=3, tokenizer=tok)}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 def error_line(proc) -> str:
@@ -155,3 +149,26 @@ def test_cli_answers_a_file_without_gold_answers(ws, tmp_path):
     assert outputs[0] == outputs[1] and len(outputs[0]) > 3
     with pytest.raises(utils_squad.SquadFormatError, match="answers"):
         utils_squad.read_squad_examples(bare, is_training=False)  # evaluation still needs gold
+
+
+def test_windows_default_to_the_ones_the_model_was_trained_with(ws, tmp_path):
+    """A checkpoint's training_args.json gives the windows; a flag overrides one; a folder without
+    it gets the reference's 384/128/64."""
+    model = tmp_path / "trained"
+    shutil.copytree(ws["model"], model)
+    (model / "training_args.json").write_text(json.dumps({"max_seq_length": 96, "doc_stride": 24,
+                                                          "max_query_length": 20, "learning_rate": 1e-4}))
+    qa = inference.QuestionAnswerer.from_pretrained(model)
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (96, 24, 20)
+    qa = inference.QuestionAnswerer.from_pretrained(model, doc_stride=16)
+    assert (qa.max_seq_length, qa.doc_stride, qa.max_query_length) == (96, 16, 20)
+    assert inference.window_settings(ws["model"]) == {"max_seq_length": 384, "doc_stride": 128,
+                                                      "max_query_length": 64}
+    # the window decides the features: a 100-token context is one feature at 384, several at 96
+    context = " ".join(["the cat sat on the mat"] * 17)
+    example = utils_squad.SquadExample("q", "", "where did the cat sit", context, [])
+    assert len(qa.features([example])) > 1
+    assert len(inference.QuestionAnswerer.from_pretrained(ws["model"]).features([example])) == 1
+    (model / "training_args.json").write_text("{not json")
+    with pytest.raises(inference.UsageError, match="training_args.json"):
+        inference.QuestionAnswerer.from_pretrained(model)

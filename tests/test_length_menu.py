@@ -2,8 +2,6 @@
 for several budgets and ties, nothing meeting a budget, corrupt files, a menu of other weights."""
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,8 @@ import pytest
 import inference
 import length_menu
 from errors import UsageError
-from helpers import REPO_ROOT, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
+from helpers import run_inference_cli as run_cli
+from helpers import make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
 
 def entry(config, f1, speedup, source="optuna"):
@@ -158,11 +157,6 @@ def model_dir(tmp_path_factory):
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=512)
     return save_tiny_bert(root / "model", config, seed=5, tokenizer=tok)
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 QUESTION = ["--question", "Where did the cat sit?", "--context", "The cat sat on the mat in Paris.",

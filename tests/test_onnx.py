@@ -5,7 +5,6 @@ with concrete sizes, whether a layer drops), the full-length model where no laye
 keep counts computed here by hand from the fractions."""
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +16,8 @@ import inference
 import onnx_cache
 import onnx_export
 import utils_squad
-from helpers import (REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, require_minilm, save_tiny_bert,
+from helpers import run_inference_cli as run_cli
+from helpers import (TINY_SQUAD_DIR, make_tiny_tokenizer, require_minilm, save_tiny_bert,
                      tiny_bert_config, tiny_squad_texts)
 from loading import load_model
 from ort_backend import OrtLogits
@@ -208,7 +208,7 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
 
 
 def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch, capsys):
-    """In-process runs of inference.main (the subprocess path is tested above)."""
+    """--int8 through inference.main, on either backend, and the export cache."""
     cache = tmp_path / "cache"
     monkeypatch.setenv(onnx_cache.CACHE_ENV, str(cache))
     dev = ws["squad"] / "dev-v1.1.json"
@@ -245,11 +245,6 @@ def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeyp
 
 
 # ---- the command line's errors --------------------------------------------------------------------
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "inference.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
-
 
 def cli_error(capsys, *args) -> str:
     assert inference.main([str(a) for a in args]) == 2
@@ -333,6 +328,9 @@ def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path):
                     errors.append(np.abs(f[real] - q[real]).mean())
                     spreads.append(f[real].std())
             assert 0 < np.mean(errors) < INT8_BOUNDS[name] * np.mean(spreads)
+            (tmp_path / f"{name}-int8.onnx").unlink()
+        del provider
+        path.unlink()  # about 90 MB each: at most one export of the real model on disk at a time
 
 
 # mean |int8 - fp32| logit over the logits' spread; measured 0.12 at full length and 0.19 at the

@@ -1,5 +1,6 @@
 """run_squad.py end to end: the paper's four training commands as written, learning, resume,
 the sandwich's gradient accumulation, and every up-front error."""
+import csv
 import json
 import shlex
 import shutil
@@ -119,7 +120,7 @@ def test_training_learns_its_training_questions(workspace, tmp_path):
                              tiny_bert_config(len(env["tok"]), num_hidden_layers=2, hidden_size=64,
                                               intermediate_size=128, max_position_embeddings=512),
                              seed=0, tokenizer=env["tok"])
-    common = ["--predict_file", "train-v1.1.json", "--per_gpu_eval_batch_size", "64", "--threads", "2"]
+    common = ["--predict_file", "train-v1.1.json", "--per_gpu_eval_batch_size", "64"]
     args = tiny_args(env, tmp_path / "before", "--do_eval", *common)
     args[args.index("--model_name_or_path") + 1] = learner
     assert run(args) == 0
@@ -320,7 +321,7 @@ def test_search_through_run_squad_measures_what_eval_measures(workspace, tmp_pat
     assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000
 
 
-def test_quickstart_runs_all_five_steps(tmp_path):
+def run_quickstart(tmp_path, output_dir):
     """The README's "run it" command, with small random models and a few steps."""
     import os
     import subprocess
@@ -329,23 +330,68 @@ def test_quickstart_runs_all_five_steps(tmp_path):
     # The scripts call `python`: make it the interpreter running the tests (a `python` elsewhere on
     # PATH may be another environment, with other package versions, or be missing altogether).
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(0o755)
-    env = {**os.environ, "OUTPUT_DIR": str(tmp_path / "qs"), "TINY": "1", "STEPS": "2", "BUDGET": "3",
-           "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "2", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "OUTPUT_DIR": str(output_dir), "TINY": "1", "STEPS": "2", "BUDGET": "3",
+           "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("SIGOPT_API_TOKEN", None)
-    proc = subprocess.run(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
+    return subprocess.run(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SIGOPT_API_TOKEN is not set" in proc.stdout
-    search_dir = tmp_path / "qs" / "search"
+
+
+def quickstart_results(out: Path) -> dict:
+    """What a quickstart run measured: every step's dev scores, the search's rows (without their
+    timings), the length menu's choices, and the trained weights."""
+    from safetensors.torch import load_file
+
+    steps = ("fintuned_bert", "intermediate", "dynamic_tinybert", "dynamic_tinybert_ld_naive")
+    rows = [{k: v for k, v in row.items() if k not in ("eval_seconds", "timestamp")}
+            for row in csv.DictReader((out / "search" / "search_results.csv").open())]
+    menu = json.loads((out / steps[-1] / "checkpoint-best" / "length_configs.json").read_text())
+    return {"history": {s: [{k: e.get(k) for k in ("step", "exact_match", "f1")} for e in
+                            json.loads((out / s / "eval_results.json").read_text())["history"]] for s in steps},
+            "rows": rows, "menu": [(c["length_config"], c["f1"]) for c in menu["configurations"]],
+            "weights": {s: load_file(out / s / "checkpoint-best" / "model.safetensors") for s in steps}}
+
+
+def test_quickstart_twice_gives_the_same_results(tmp_path):
+    """quickstart.sh runs the five steps, says where everything is, keeps no optimizer state, and a
+    second run of the same command replaces the first and measures the same numbers."""
+    out = tmp_path / "qs"
+    first = run_quickstart(tmp_path, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "SIGOPT_API_TOKEN is not set" in first.stdout
+    search_dir = out / "search"
     for name in ("search_results.csv", "pareto_front.csv", "pareto.png"):
         assert (search_dir / name).is_file(), name
-        assert str(search_dir / name) in proc.stdout
-    menu = tmp_path / "qs" / "dynamic_tinybert_ld_naive" / "checkpoint-best" / "length_configs.json"
-    assert menu.is_file() and str(menu) in proc.stdout
-    assert "--max_f1_drop 1: length configuration" in proc.stderr and '"answer"' in proc.stdout
+        assert str(search_dir / name) in first.stdout
+    menu = out / "dynamic_tinybert_ld_naive" / "checkpoint-best" / "length_configs.json"
+    assert menu.is_file() and str(menu) in first.stdout
+    assert "--max_f1_drop 1: length configuration" in first.stderr and '"answer"' in first.stdout
+    assert "What the numbers mean" in first.stdout and f"{out}/fintuned_bert" in first.stdout  # the sizes
+    assert not list(out.rglob("training_state.pt"))
+    expected = quickstart_results(out)
+
+    second = run_quickstart(tmp_path, out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "removing the earlier quickstart run" in second.stdout
+    got = quickstart_results(out)
+    assert got["history"] == expected["history"] and got["rows"] == expected["rows"]
+    assert got["menu"] == expected["menu"] and len(got["rows"]) >= 3
+    for step, weights in expected["weights"].items():
+        assert all(torch.equal(weights[k], got["weights"][step][k]) for k in weights), step
+    answer = [line for line in first.stdout.splitlines() if line.startswith('{"answer"')]
+    assert answer and answer == [line for line in second.stdout.splitlines() if line.startswith('{"answer"')]
+
+
+def test_quickstart_refuses_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    proc = run_quickstart(tmp_path, out)
+    assert proc.returncode == 2 and "was not written by quickstart.sh" in proc.stderr
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_sandwich_from_default_flags_without_layer_dropout():
@@ -441,3 +487,24 @@ def test_attention_loss_on_probabilities_compares_softmax_outputs(workspace):
     want = sum(torch.mean((torch.softmax(s_ref[j], -1) - torch.softmax(t_ref[2 * j + 1], -1)) ** 2) for j in range(2))
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert terms["att_loss"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_help_loads_no_torch_and_every_flag_has_a_help_line():
+    """--help answers without importing torch or transformers (seconds each), and every flag says
+    what it is; flags with a default show it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, run_squad; text = run_squad.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(run_squad.__file__).parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+    parser = run_squad.build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 80
+    assert [a.dest for a in flags if not a.help] == []
+    help_text = " ".join(parser.format_help().split())
+    assert "--learning_rate LEARNING_RATE AdamW's peak learning rate (default: 5e-05)" in help_text
+    assert "--save_training_state {resume,all,none}" in help_text and "(default: resume)" in help_text
+    assert "{None,bert}" not in help_text
