@@ -6,7 +6,7 @@ step 4 (the sandwich with in-place distillation), each under the three batchings
 the training loop's own pieces (``training.epoch_batches``, ``training.train_step``, AdamW) on the
 first ``--batches`` batches of epoch 0, interleaved round-robin over ``--repeats`` (median), so
 all nine systems see the same machine load. It prints examples/s and each speedup over the padded
-layout, and checks the maths: on the first batch, in eval mode (no dropout), the loss terms of
+layout, and checks the maths: on a batch of median-length features, in eval mode (no dropout), the loss terms of
 the padded batch (with the span softmaxes over real tokens) and of the same batch cut to its
 longest sequence, and their differences.
 
@@ -109,11 +109,13 @@ class System:
 
 
 def loss_check(settings, model, teacher, dataset, runtime) -> dict:
-    """The first ungrouped batch's loss terms, padded (real-token softmaxes) against cut to its
-    longest real sequence, in eval mode so that dropout does not differ."""
+    """The loss terms of a batch of median-length features, padded (real-token softmaxes) against
+    cut to its longest real sequence, in eval mode so that dropout does not differ."""
     model = copy.deepcopy(model).eval()
     objective = Objective(settings.objective, teacher, real_tokens_only=True)
-    padded = dataset[torch.arange(settings.train.per_gpu_train_batch_size)]
+    order = torch.argsort(dataset.tensors[1].sum(1), stable=True)
+    size = settings.train.per_gpu_train_batch_size
+    padded = dataset[order[len(order) // 2:][:size]]
     subs = sub_models_for_step(settings.sandwich, model.config.num_hidden_layers, random.Random(0))
     terms = [train_step("fp32", settings.sandwich, model, objective, b, subs, 1.0, runtime, None, True)
              for b in (padded, trim_to_longest(padded))]
