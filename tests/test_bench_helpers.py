@@ -1,0 +1,36 @@
+"""The benchmarks' own arithmetic: paired F1 differences (bench_serving) and training curves
+(plot_training_curves), against hand-computed values."""
+import math
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import bench_serving  # noqa: E402
+import plot_training_curves  # noqa: E402
+
+
+def test_paired_f1_difference_by_hand():
+    got = bench_serving.paired_f1_difference([100.0, 0.0, 50.0, 80.0], [100.0, 100.0, 50.0, 40.0])
+    diffs = [0.0, -100.0, 0.0, 40.0]  # mean -15
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert got["f1_diff"] == pytest.approx(-15.0)
+    assert got["f1_diff_ci95"] == pytest.approx(1.96 * sd / 2)
+    assert got["relative_f1_loss"] == pytest.approx(15.0 / 72.5)
+    assert got["questions_changed"] == 2
+
+
+def test_training_curves_from_eval_history():
+    def entry(step, f1, tracked):
+        return {"step": step, "f1": f1, "tracked": [
+            {"length_config": c, "f1": v, "macs_ratio": r} for c, v, r in tracked]}
+    history = [{"step": None, "f1": 1.0},  # a --do_eval entry without a step is not a training point
+               entry(75, 64.3, [([1.0, 0.9], 58.9, 1.25)]),
+               entry(150, 65.2, [([1.0, 0.9], 59.8, 1.25)])]
+    steps, lines, ratios = plot_training_curves.curves(history)
+    assert steps == [75, 150]
+    assert lines == {"full length (padded eval)": [64.3, 65.2], "[1, 0.9]": [58.9, 59.8]}
+    assert ratios["[1, 0.9]"] == 1.25
