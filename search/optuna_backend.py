@@ -86,6 +86,19 @@ def _trial_config(trial) -> tuple:
     return tuple(trial.user_attrs.get("length_config", ()))
 
 
+def budget_taken_before(trials, number: int, budget: int) -> bool:
+    """Whether the trials numbered below ``number`` that finished, run or wait fill ``budget``.
+
+    Workers that start trials at the same moment give the budget to the earlier numbers. A queued
+    (WAITING) trial counts: the retry of a killed worker's trial is numbered when it is queued, so
+    it may start after a higher-numbered trial has passed this check; without it both would run.
+    """
+    from optuna.trial import TrialState
+
+    ahead = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    return sum(t.number < number and t.state in ahead for t in trials) >= budget
+
+
 def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpace, study, details: dict) -> dict:
     """Multi-objective TPE (maximise F1, minimise compute) on a shared Optuna storage.
 
@@ -123,9 +136,7 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     fatal: list[BaseException] = []
 
     def objective(trial: "optuna.Trial") -> tuple[float, float]:
-        # Workers that started trials at the same moment: the budget goes to the earlier numbers.
-        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        if sum(t.number < trial.number for t in live) >= args.search_budget:
+        if budget_taken_before(study.get_trials(deepcopy=False), trial.number, args.search_budget):
             raise optuna.TrialPruned("the budget is taken by earlier trials")
         params = {name: trial.suggest_int(name, space.min_length, space.max_length) for name in distributions}
         units = optuna_config_from_params(params, space)

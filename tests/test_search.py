@@ -281,6 +281,32 @@ def test_optuna_respects_space_and_budget_and_shares_the_study(tmp_path):
     assert {config_of(r): (r["backend"], r["f1"], r["macs"]) for r in read_csv(other_path)} == first
 
 
+def test_optuna_budget_counts_a_queued_retry_numbered_before_a_new_trial():
+    """The race seen with three workers: a killed worker's trial is queued again as trial 8 while
+    7 trials are complete; another worker starts trial 9 before anyone pops 8. With budget 8,
+    trial 9 must give way (8 is ahead of it); trial 8 may run. Counted by hand."""
+    import optuna
+    from optuna.distributions import IntDistribution
+    from search.optuna_backend import budget_taken_before
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    distributions = {"x0": IntDistribution(5, 30)}
+    for value in range(8):  # trials 0-7; trial 1 is the killed worker's, failed by its heartbeat
+        state = optuna.trial.TrialState.FAIL if value == 1 else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            params={"x0": 5 + value}, distributions=distributions, state=state,
+            values=[1.0, 1.0] if state == optuna.trial.TrialState.COMPLETE else None))
+    study.add_trial(optuna.trial.create_trial(  # trial 8: the retry, queued
+        params={"x0": 6}, distributions=distributions, state=optuna.trial.TrialState.WAITING))
+    # Trial 9, started while trial 8 still waits: 7 complete + the queued 8 are ahead of it.
+    waiting = study.get_trials(deepcopy=False)
+    assert budget_taken_before(waiting, 9, budget=8)
+    assert not budget_taken_before(waiting, 9, budget=9)
+    # The queued trial itself, popped by the next worker to ask: 7 complete ahead of it.
+    assert study.ask().number == 8
+    assert not budget_taken_before(study.get_trials(deepcopy=False), 8, budget=8)
+
+
 # ----------------------------------------------------------------------------------------------
 # Evolution
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ BUDGET = 8
 def worker_flags(url: str, study: str) -> list[str]:
     return ["--search_backend", "optuna", "--search_budget", str(BUDGET), "--search_min_length", "5",
             "--search_rates", "1.0,0.9,0.8", "--search_storage", url, "--search_study_name", study,
-            "--search_heartbeat", "1"]
+            "--search_heartbeat", "2"]
 
 
 def start_worker(tmp_path: Path, name: str, flags: list[str], **spec) -> subprocess.Popen:
