@@ -153,10 +153,14 @@ def retime_front(rows: Sequence[dict], full_config: Sequence, time_fn, repeats: 
     by_macs = pareto_flags([(r["f1"], -r["macs_ratio"]) for r in rows])
     chosen = [i for i, r in enumerate(rows)
               if by_time[i] or by_macs[i] or tuple(r["length_config"]) == tuple(full_config)]
+    from tqdm import tqdm
+
     times = {i: [] for i in chosen}
-    for _ in range(repeats):
-        for i in chosen:
-            times[i].append(time_fn(tuple(rows[i]["length_config"])))
+    with tqdm(total=repeats * len(chosen), desc="timing the front again", unit="config") as bar:
+        for _ in range(repeats):
+            for i in chosen:
+                times[i].append(time_fn(tuple(rows[i]["length_config"])))
+                bar.update(1)
     logger.info("length menu: %d front configurations timed again, %d times each, interleaved", len(chosen), repeats)
     return [dict(rows[i], eval_seconds=statistics.median(times[i])) for i in chosen]
 

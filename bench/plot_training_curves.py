@@ -2,7 +2,11 @@
 (``run_squad.py --track_length_configs``), from a run's ``eval_results.json``.
 
     python bench/plot_training_curves.py OUTPUT_DIR/eval_results.json --output curves.png \\
-        [--parent_f1 68.47 --parent_label "step-1 parent"]
+        [--parent_f1 68.47 --parent_label "step-1 parent"] [--parent_eval parent_eval.json]
+
+``--parent_eval``: a JSON file with ``rows`` of ``length_config`` and ``f1`` (the parent evaluated
+at the same configurations); each tracked configuration's parent F1 is drawn as a dotted line in
+its colour, so the plot shows whether training made a configuration better than it already was.
 
 Prints the table (step, full-length F1, each tracked configuration's F1 and MACs ratio) and writes
 the plot, plus the same rows as CSV beside it (``.csv``).
@@ -22,6 +26,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import files  # noqa: E402
 
 
+FULL = "full length (padded eval)"
+
+
 def label(config) -> str:
     return "[" + ", ".join(f"{v:g}" for v in config) + "]"
 
@@ -30,8 +37,8 @@ def curves(history: list[dict]) -> tuple[list[int], dict[str, list[float]], dict
     """(steps, {name: F1 per step}, {name: MACs ratio}) from eval_results.json's history."""
     entries = [e for e in history if e.get("step") is not None]
     steps = [e["step"] for e in entries]
-    lines = {"full length (padded eval)": [e["f1"] for e in entries]}
-    ratios = {"full length (padded eval)": 1.0}
+    lines = {FULL: [e["f1"] for e in entries]}
+    ratios = {FULL: 1.0}
     for entry in entries:
         for tracked in entry.get("tracked", ()):
             name = label(tracked["length_config"])
@@ -40,12 +47,26 @@ def curves(history: list[dict]) -> tuple[list[int], dict[str, list[float]], dict
     return steps, {k: v for k, v in lines.items() if len(v) == len(steps)}, ratios
 
 
+def parent_levels(rows: list[dict], names) -> dict[str, float]:
+    """{curve name: the parent's F1 at that configuration} for the curves the parent rows cover
+    (a row with ``length_config`` null is the full length)."""
+    levels = {}
+    for row in rows:
+        config = row.get("length_config")
+        name = FULL if config is None else label(config)
+        if name in names:
+            levels[name] = float(row["f1"])
+    return levels
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("eval_results", type=Path)
     p.add_argument("--output", required=True, help="PNG")
     p.add_argument("--parent_f1", type=float, default=None, help="a horizontal line: the parent's F1")
     p.add_argument("--parent_label", default="parent")
+    p.add_argument("--parent_eval", type=Path, default=None,
+                   help="JSON with rows of length_config and f1: the parent at each tracked configuration")
     a = p.parse_args(argv)
     history = json.loads(a.eval_results.read_text())["history"]
     steps, lines, ratios = curves(history)
@@ -65,14 +86,21 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    levels = parent_levels(json.loads(a.parent_eval.read_text())["rows"], lines) if a.parent_eval else {}
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, values in lines.items():
-        ax.plot(steps, values, marker="o", label=f"{name} ({ratios[name]:.2f}x fewer MACs)")
+        if name == FULL and any(other != FULL and lines[other] == values for other in lines):
+            continue  # drawn already: a tracked all-ones configuration scores the same
+        line, = ax.plot(steps, values, marker="o", label=f"{name} ({ratios[name]:.2f}x fewer MACs)")
+        if name in levels:
+            ax.axhline(levels[name], color=line.get_color(), linestyle=":", linewidth=1)
+    if levels:
+        ax.plot([], [], color="grey", linestyle=":", label=f"{a.parent_label} at the same configuration")
     if a.parent_f1 is not None:
         ax.axhline(a.parent_f1, color="grey", linestyle=":", label=f"{a.parent_label} ({a.parent_f1:.2f})")
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("F1")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with files.atomic_path(a.output, suffix=".png") as tmp:

@@ -34,3 +34,11 @@ def test_training_curves_from_eval_history():
     assert steps == [75, 150]
     assert lines == {"full length (padded eval)": [64.3, 65.2], "[1, 0.9]": [58.9, 59.8]}
     assert ratios["[1, 0.9]"] == 1.25
+
+
+def test_parent_levels_match_curves_by_configuration():
+    rows = [{"length_config": None, "f1": 66.99}, {"length_config": [1.0, 0.9], "f1": 62.83},
+            {"length_config": [1.0, 0.8], "f1": 52.16}]  # the last is not a curve: left out
+    names = {"full length (padded eval)": [], "[1, 0.9]": []}
+    assert plot_training_curves.parent_levels(rows, names) == {"full length (padded eval)": 66.99,
+                                                               "[1, 0.9]": 62.83}
