@@ -321,8 +321,9 @@ def test_search_through_run_squad_measures_what_eval_measures(workspace, tmp_pat
     assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000
 
 
-def run_quickstart(tmp_path, output_dir):
-    """The README's "run it" command, with small random models and a few steps."""
+def start_quickstart(tmp_path, output_dir):
+    """The README's "run it" command, with small random models and a few steps, started in the
+    background (``.communicate()`` waits for it)."""
     import os
     import subprocess
     import sys
@@ -336,8 +337,16 @@ def run_quickstart(tmp_path, output_dir):
     env = {**os.environ, "OUTPUT_DIR": str(output_dir), "TINY": "1", "STEPS": "2", "BUDGET": "3",
            "MAX_SEQ_LENGTH": "128", "OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("SIGOPT_API_TOKEN", None)
-    return subprocess.run(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(["bash", str(Path(run_squad.__file__).parent / "quickstart.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_quickstart(tmp_path, output_dir):
+    import subprocess
+
+    process = start_quickstart(tmp_path, output_dir)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def quickstart_results(out: Path) -> dict:
@@ -356,10 +365,19 @@ def quickstart_results(out: Path) -> dict:
 
 
 def test_quickstart_twice_gives_the_same_results(tmp_path):
-    """quickstart.sh runs the five steps, says where everything is, keeps no optimizer state, and a
-    second run of the same command replaces the first and measures the same numbers."""
-    out = tmp_path / "qs"
-    first = run_quickstart(tmp_path, out)
+    """quickstart.sh runs the five steps, says where everything is and keeps no optimizer state;
+    the same command run again, into the folder an earlier quickstart left, replaces that run and
+    measures the same numbers. The two runs go side by side (two processes, one core each): one
+    into a new folder, one into a folder holding an earlier run's marker and files."""
+    import subprocess
+
+    out, again = tmp_path / "qs", tmp_path / "qs-again"
+    (again / "fintuned_bert").mkdir(parents=True)
+    (again / ".quickstart").touch()  # what an earlier quickstart run leaves
+    (again / "fintuned_bert" / "stale.txt").write_text("from the earlier run")
+    processes = [start_quickstart(tmp_path, folder) for folder in (out, again)]
+    outputs = [p.communicate(timeout=600) for p in processes]  # sets each returncode
+    first, second = (subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(processes, outputs))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "SIGOPT_API_TOKEN is not set" in first.stdout
     search_dir = out / "search"
@@ -373,10 +391,10 @@ def test_quickstart_twice_gives_the_same_results(tmp_path):
     assert not list(out.rglob("training_state.pt"))
     expected = quickstart_results(out)
 
-    second = run_quickstart(tmp_path, out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "removing the earlier quickstart run" in second.stdout
-    got = quickstart_results(out)
+    assert not (again / "fintuned_bert" / "stale.txt").exists()
+    got = quickstart_results(again)
     assert got["history"] == expected["history"] and got["rows"] == expected["rows"]
     assert got["menu"] == expected["menu"] and len(got["rows"]) >= 3
     for step, weights in expected["weights"].items():
