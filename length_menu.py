@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tqdm import tqdm
+
 import files
 import length_drop
 from errors import UsageError
@@ -153,8 +155,6 @@ def retime_front(rows: Sequence[dict], full_config: Sequence, time_fn, repeats: 
     by_macs = pareto_flags([(r["f1"], -r["macs_ratio"]) for r in rows])
     chosen = [i for i, r in enumerate(rows)
               if by_time[i] or by_macs[i] or tuple(r["length_config"]) == tuple(full_config)]
-    from tqdm import tqdm
-
     times = {i: [] for i in chosen}
     with tqdm(total=repeats * len(chosen), desc="timing the front again", unit="config") as bar:
         for _ in range(repeats):

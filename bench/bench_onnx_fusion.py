@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 import evaluation  # noqa: E402
 import files  # noqa: E402
 import utils_squad  # noqa: E402
-from bench_serving import export_transformers_onnx, quantize_onnx  # noqa: E402
+from bench_serving import export_transformers_onnx, ort_session, quantize_onnx  # noqa: E402
 from loading import load_model  # noqa: E402
 from onnx_export import export_onnx, quantize_int8  # noqa: E402
 
@@ -65,14 +65,6 @@ def export_all(model_dir: str, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def main(argv=None) -> int:
     a = parse_args(argv)
     from transformers import AutoTokenizer
@@ -85,7 +77,7 @@ def main(argv=None) -> int:
     feeds = [{"input_ids": features.input_ids[i, :w].numpy(), "attention_mask": features.attention_mask[i, :w].numpy(),
               "token_type_ids": features.token_type_ids[i, :w].numpy()} for i, w in plan]
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {name: session(path, a.threads) for name, path in export_all(a.model, Path(tmp)).items()}
+        sessions = {name: ort_session(path, a.threads) for name, path in export_all(a.model, Path(tmp)).items()}
         logits = {name: [s.run(None, feed)[0] for feed in feeds] for name, s in sessions.items()}  # warm-up
         times = {name: [] for name in sessions}
         for _ in range(a.repeats):

@@ -4,8 +4,9 @@ On one trained checkpoint and the same dev questions, every system answers the q
 timed side by side (interleaved repeats, medians) at each thread count and batch size:
 
   transformers (SDPA, the checkpoint loaded by ``transformers.BertForQuestionAnswering``):
-    padded to the model's window (its max_seq_length: 384 in the paper's baseline) in file order; each batch padded to its longest, file
-    order; batches sorted by length, padded to their longest;
+    padded to the model's window (its max_seq_length: 384 in the paper's baseline) in file
+    order; each batch padded to its longest, file order; batches sorted by length, padded to
+    their longest;
     ONNX Runtime fp32 and ONNX Runtime dynamic int8 (``quantize_dynamic`` with its defaults) of
     transformers' model exported with ``torch.onnx.export``, sorted; torch ``quantize_dynamic``
     int8 (``nn.Linear``), sorted;
@@ -16,8 +17,8 @@ timed side by side (interleaved repeats, medians) at each thread count and batch
 F1 and EM (the official metric) come from one pass over all the questions per system and batch
 size (relative configurations resolve per batch, so batch 1 and 32 can differ); times come from
 the first ``--time_features`` features (sorted systems sort within them). Speedups are given
-against transformers sorted + longest (what a user would pick) and against padding to the window. Each
-system's F1 is compared question by question with the same weights at full length in float32
+against transformers sorted + longest (what a user would pick) and against padding to the
+window. Each system's F1 is compared question by question with the same weights at full length in float32
 (transformers sorted + longest): the mean difference with a 95% interval, so a 1% loss is
 resolvable on enough questions.
 
@@ -106,13 +107,18 @@ def torch_runner(model, **kwargs):
     return run
 
 
-def ort_runner(path, threads):
+def ort_session(path, threads: int):
+    """An ONNX Runtime CPU session of ``path`` on ``threads`` intra-op threads (one inter-op)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path, threads):
+    session = ort_session(path, threads)
     names = [i.name for i in session.get_inputs()]
 
     def run(inputs):
