@@ -14,3 +14,26 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+# One ONNX cache folder for the whole run, shared by every test worker (the workers inherit the
+# variable): a tiny model's export at a configuration is built once per run (onnx_cache's lock per
+# key), not once per test module and worker. Exports are most of the suite's time.
+ONNX_STORE_ENV = "DYNAMIC_TINYBERT_TEST_ONNX_STORE"
+_store_made_here: str | None = None  # the folder this process made (and removes at the end)
+
+
+def pytest_configure(config):
+    global _store_made_here
+    if not os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get(ONNX_STORE_ENV):
+        import tempfile
+
+        _store_made_here = os.environ[ONNX_STORE_ENV] = tempfile.mkdtemp(prefix="dynamic-tinybert-tests-onnx-")
+
+
+def pytest_unconfigure(config):
+    if _store_made_here is not None:
+        import shutil
+
+        shutil.rmtree(_store_made_here, ignore_errors=True)
+        os.environ.pop(ONNX_STORE_ENV, None)

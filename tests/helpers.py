@@ -51,3 +51,36 @@ def run_inference_cli(*args) -> "subprocess.CompletedProcess":
         except SystemExit as e:  # argparse's usage errors
             code = e.code
     return subprocess.CompletedProcess(["inference.py", *argv], code, out.getvalue(), err.getvalue())
+
+
+def onnx_store() -> Path:
+    """The run's shared ONNX cache folder (made by conftest.py, removed when the run ends)."""
+    from conftest import ONNX_STORE_ENV
+
+    return Path(os.environ[ONNX_STORE_ENV])
+
+
+def shared_export(folder, length_config=None, int8: bool = False) -> Path:
+    """The ONNX file of the model in ``folder`` at ``length_config``, from the run's shared store:
+    exported once for every test and worker through the project's own cache. Read it, never edit
+    it (copy it with :func:`seed_cache` first)."""
+    import onnx_cache
+
+    return onnx_cache.exported_file(folder, length_config, int8=int8, cache_dir=onnx_store())
+
+
+def seed_cache(cache, folder, length_config=None, int8: bool = False) -> list[Path]:
+    """Copy the shared store's file(s) for this model and configuration (float32, and its int8
+    form with ``int8``) with their records into the ONNX cache folder ``cache``, as an earlier run
+    would have left them there; returns the copies."""
+    import shutil
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    sources = [shared_export(folder, length_config)] + ([shared_export(folder, length_config, True)] if int8 else [])
+    copies = []
+    for source in sources:
+        for path in (source, source.with_suffix(".json")):
+            shutil.copyfile(path, cache / path.name)
+        copies.append(cache / source.name)
+    return copies

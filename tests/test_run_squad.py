@@ -125,8 +125,8 @@ def test_training_learns_its_training_questions(workspace, tmp_path):
     args[args.index("--model_name_or_path") + 1] = learner
     assert run(args) == 0
     before = json.loads((tmp_path / "before" / "eval_results.json").read_text())["f1"]
-    args = tiny_args(env, tmp_path / "after", "--do_train", "--do_eval", *common, "--learning_rate", "1e-3",
-                     "--num_train_epochs", "150", "--per_gpu_train_batch_size", "8", "--warmup_ratio", "0.05",
+    args = tiny_args(env, tmp_path / "after", "--do_train", "--do_eval", *common, "--learning_rate", "2e-3",
+                     "--num_train_epochs", "80", "--per_gpu_train_batch_size", "8", "--warmup_ratio", "0.05",
                      "--logging_steps", "0", "--save_steps", "0")
     args[args.index("--model_name_or_path") + 1] = learner
     assert run(args) == 0
