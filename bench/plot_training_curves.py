@@ -2,7 +2,12 @@
 (``run_squad.py --track_length_configs``), from a run's ``eval_results.json``.
 
     python bench/plot_training_curves.py OUTPUT_DIR/eval_results.json --output curves.png \\
-        [--parent_f1 68.47 --parent_label "step-1 parent"] [--parent_eval parent_eval.json]
+        [--parent_f1 68.47 --parent_label "step-1 parent"] [--parent_eval parent_eval.json] \\
+        [--then STAGE2_DIR/eval_results.json ...]
+
+``--then``: a later stage, trained from the earlier stage's final model; its steps continue those
+of the stage before (offset by that stage's last evaluated step), and a dashed line marks where
+each stage begins.
 
 ``--parent_eval``: a JSON file with ``rows`` of ``length_config`` and ``f1`` (the parent evaluated
 at the same configurations); each tracked configuration's parent F1 is drawn as a dotted line in
@@ -47,6 +52,20 @@ def curves(history: list[dict]) -> tuple[list[int], dict[str, list[float]], dict
     return steps, {k: v for k, v in lines.items() if len(v) == len(steps)}, ratios
 
 
+def chained(histories: list[list[dict]]) -> tuple[list[dict], list[int]]:
+    """One history from consecutive stages' histories: each stage's steps offset by the previous
+    stage's last evaluated step. Returns (entries, the step at which each later stage begins)."""
+    entries, boundaries, offset = [], [], 0
+    for number, history in enumerate(histories):
+        stage = [e for e in history if e.get("step") is not None]
+        if number > 0:
+            boundaries.append(offset)
+        entries += [{**e, "step": e["step"] + offset} for e in stage]
+        if stage:
+            offset += max(e["step"] for e in stage)
+    return entries, boundaries
+
+
 def parent_levels(rows: list[dict], names) -> dict[str, float]:
     """{curve name: the parent's F1 at that configuration} for the curves the parent rows cover
     (a row with ``length_config`` null is the full length)."""
@@ -67,8 +86,10 @@ def main(argv=None) -> int:
     p.add_argument("--parent_label", default="parent")
     p.add_argument("--parent_eval", type=Path, default=None,
                    help="JSON with rows of length_config and f1: the parent at each tracked configuration")
+    p.add_argument("--then", type=Path, action="append", default=[], metavar="EVAL_RESULTS",
+                   help="a later stage's eval_results.json (trained from this stage's final model); repeatable")
     a = p.parse_args(argv)
-    history = json.loads(a.eval_results.read_text())["history"]
+    history, boundaries = chained([json.loads(path.read_text())["history"] for path in [a.eval_results, *a.then]])
     steps, lines, ratios = curves(history)
     if not steps:
         print(f"{a.eval_results}: no evaluation during training recorded", file=sys.stderr)
@@ -96,6 +117,10 @@ def main(argv=None) -> int:
             ax.axhline(levels[name], color=line.get_color(), linestyle=":", linewidth=1)
     if levels:
         ax.plot([], [], color="grey", linestyle=":", label=f"{a.parent_label} at the same configuration")
+    for boundary in boundaries:
+        ax.axvline(boundary, color="black", linestyle="--", linewidth=0.8)
+    if boundaries:
+        ax.plot([], [], color="black", linestyle="--", linewidth=0.8, label="a new stage begins")
     if a.parent_f1 is not None:
         ax.axhline(a.parent_f1, color="grey", linestyle=":", label=f"{a.parent_label} ({a.parent_f1:.2f})")
     ax.set_xlabel("optimisation step")

@@ -42,3 +42,15 @@ def test_parent_levels_match_curves_by_configuration():
     names = {"full length (padded eval)": [], "[1, 0.9]": []}
     assert plot_training_curves.parent_levels(rows, names) == {"full length (padded eval)": 66.99,
                                                                "[1, 0.9]": 62.83}
+
+
+def test_later_stages_continue_the_steps_of_the_stage_before():
+    first = [{"step": None, "f1": 1.0}, {"step": 75, "f1": 64.3}, {"step": 450, "f1": 66.6}]
+    second = [{"step": 75, "f1": 64.2}, {"step": 150, "f1": 65.0}]
+    third = [{"step": 50, "f1": 65.5}]
+    entries, boundaries = plot_training_curves.chained([first, second, third])
+    assert [e["step"] for e in entries] == [75, 450, 525, 600, 650]
+    assert [e["f1"] for e in entries] == [64.3, 66.6, 64.2, 65.0, 65.5]
+    assert boundaries == [450, 600]
+    assert second[0]["step"] == 75  # the stages' own entries are left as they were
+    assert plot_training_curves.chained([first]) == ([first[1], first[2]], [])
