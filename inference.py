@@ -59,6 +59,7 @@ from errors import PROJECT_ERRORS, UsageError, exit_code
 from loading import load_model_checked, load_tokenizer
 from onnx_export import Int8Settings
 from settings import WEIGHT_FILES, WINDOW_FLAGS, check_device, check_threads, check_window_flags  # noqa: F401
+from settings import check_model_folder as check_saved_model
 
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 BACKENDS = ("torch", "onnxruntime")
@@ -66,14 +67,12 @@ WINDOW_DEFAULTS = {"max_seq_length": 384, "doc_stride": 128, "max_query_length":
 
 
 def check_model_folder(folder) -> Path:
-    """The folder, or a UsageError naming what is missing."""
+    """The folder, or a UsageError naming what is missing or broken (the rules run_squad.py
+    applies to its model folders: a JSON config.json, a weights file whose header is whole)."""
     path = Path(folder)
     if not path.is_dir():
         raise UsageError(f"--model {folder}: not a folder")
-    if not (path / "config.json").is_file():
-        raise UsageError(f"--model {folder}: no config.json (not a saved model folder)")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise UsageError(f"--model {folder}: no weights (model.safetensors or pytorch_model.bin)")
+    check_saved_model(path, "--model")
     return path
 
 

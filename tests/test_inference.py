@@ -115,6 +115,9 @@ def test_cli_errors_are_one_line(ws, tmp_path):
     q = ["--question", "Who?", "--context", "Someone."]
     assert "no weights" in error_line(run_cli("--model", empty, *q))
     assert "not a folder" in error_line(run_cli("--model", tmp_path / "nothing", *q))
+    (empty / "model.safetensors").write_bytes((ws["model"] / "model.safetensors").read_bytes()[:1000])
+    line = error_line(run_cli("--model", empty, *q))  # checked as run_squad.py checks its folders
+    assert "model.safetensors is truncated or corrupt" in line and line.startswith("inference.py: error: --model")
     line = error_line(run_cli("--model", ws["model"], *q, "--length_config", "[10, 10]"))
     assert "--length_config" in line and "3 integers" in line
     no_questions = tmp_path / "none.json"
