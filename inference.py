@@ -58,7 +58,7 @@ from checkpoints import weights_sha256
 from errors import PROJECT_ERRORS, UsageError, exit_code
 from loading import load_model_checked, load_tokenizer
 from onnx_export import Int8Settings
-from settings import WEIGHT_FILES, WINDOW_FLAGS, check_device, check_threads, check_window_flags  # noqa: F401
+from settings import WINDOW_FLAGS, check_device, check_threads, check_window_flags  # noqa: F401
 from settings import check_model_folder as check_saved_model
 
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best

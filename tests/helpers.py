@@ -69,18 +69,15 @@ def shared_export(folder, length_config=None, int8: bool = False) -> Path:
     return onnx_cache.exported_file(folder, length_config, int8=int8, cache_dir=onnx_store())
 
 
-def seed_cache(cache, folder, length_config=None, int8: bool = False) -> list[Path]:
+def seed_cache(cache, folder, length_config=None, int8: bool = False) -> None:
     """Copy the shared store's file(s) for this model and configuration (float32, and its int8
     form with ``int8``) with their records into the ONNX cache folder ``cache``, as an earlier run
-    would have left them there; returns the copies."""
+    would have left them there."""
     import shutil
 
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     sources = [shared_export(folder, length_config)] + ([shared_export(folder, length_config, True)] if int8 else [])
-    copies = []
     for source in sources:
         for path in (source, source.with_suffix(".json")):
             shutil.copyfile(path, cache / path.name)
-        copies.append(cache / source.name)
-    return copies

@@ -377,7 +377,7 @@ def test_quickstart_twice_gives_the_same_results(tmp_path):
     (again / "fintuned_bert" / "stale.txt").write_text("from the earlier run")
     processes = [start_quickstart(tmp_path, folder) for folder in (out, again)]
     outputs = [p.communicate(timeout=600) for p in processes]  # sets each returncode
-    first, second = (subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(processes, outputs))
+    first, second = (subprocess.CompletedProcess(p.args, p.returncode, *streams) for p, streams in zip(processes, outputs))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "SIGOPT_API_TOKEN is not set" in first.stdout
     search_dir = out / "search"
