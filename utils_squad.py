@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ from errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F40
 from files import (  # noqa: E402,F401
     atomic_path, atomic_write_json, atomic_write_text, free_bytes, is_disk_full, new_file_mode)
 from postprocess import postprocess_predictions, write_predictions  # noqa: E402,F401
+import windows  # noqa: E402
+from windows import check_overflow_covers_context, window_overlap  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,67 +321,6 @@ def _offset_arrays_to_lists(starts: np.ndarray, ends: np.ndarray) -> list:
     return rows
 
 
-def _truncate_questions(tokenizer, questions: list[str], max_query_length: int):
-    """Questions cut after their ``max_query_length``-th token, and their token counts.
-
-    Cutting the text at the end of the last kept token re-tokenises to the same tokens
-    (WordPiece's greedy longest match keeps the first piece of a cut word)."""
-    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=False)
-    texts, lengths = [], []
-    for question, offsets in zip(questions, encoded["offset_mapping"]):
-        if len(offsets) > max_query_length:
-            question = question[:offsets[max_query_length - 1][1]] if max_query_length > 0 else ""
-        texts.append(question)
-        lengths.append(min(len(offsets), max_query_length))
-    return texts, np.asarray(lengths, dtype=np.int64)
-
-
-def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
-                   num_special_tokens: int = 3) -> int:
-    """The tokenizer's ``stride`` (an OVERLAP in tokens) that makes windows start every
-    ``doc_stride`` context tokens, as the reference's windowing does.
-
-    Each window holds ``max_seq_length - query_length - num_special_tokens`` context tokens;
-    consecutive windows overlap by that minus ``doc_stride`` (never below 0)."""
-    window = max_seq_length - query_length - num_special_tokens
-    if window <= 0:
-        raise UsageError(f"max_seq_length={max_seq_length} leaves no room for the context after a "
-                         f"{query_length}-token question; lower max_query_length")
-    return max(window - doc_stride, 0)
-
-
-def check_overflow_covers_context(tokenizer) -> None:
-    """Raise when the tokenizer's overflowing windows do not cover the whole second sequence.
-
-    tokenizers 0.23.1 and 0.23.2 stop tokenising a truncated input after ``max_length`` tokens
-    (a "truncation early exit", upstream issue huggingface/tokenizers#2091, fixed in 0.23.3), so
-    ``return_overflowing_tokens`` windows silently end at the context's ``max_length``-th token
-    and the rest of a long context (with any answer in it) is lost. A tiny probe: a 24-word
-    context in 8-token windows without overlap must give all its tokens back."""
-    context = " ".join(["a"] * 24)
-    n_tokens = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-    enc = tokenizer(["a"], [context], truncation="only_second", max_length=8, stride=0,
-                    return_overflowing_tokens=True)
-    got = sum(enc.sequence_ids(i).count(1) for i in range(len(enc["input_ids"])))
-    if got != n_tokens:
-        import tokenizers
-
-        raise RuntimeError(
-            f"tokenizers {tokenizers.__version__} drops context tokens from overflowing windows "
-            f"({got} of {n_tokens} came back): long contexts would be cut silently. tokenizers "
-            "0.23.1 and 0.23.2 have this bug; install tokenizers>=0.23.3 (pip install -r requirements.txt)")
-
-
-def _tokenize_group(tokenizer, questions, contexts, query_length, max_seq_length, doc_stride):
-    """One batched tokenizer call for questions of the same (truncated) token length."""
-    overlap = window_overlap(max_seq_length, doc_stride, query_length,
-                             tokenizer.num_special_tokens_to_add(pair=True))
-    return tokenizer(questions, contexts, truncation="only_second", max_length=max_seq_length,
-                     stride=overlap, return_overflowing_tokens=True, return_offsets_mapping=True,
-                     return_special_tokens_mask=True, padding="max_length", return_tensors="np")
-
-
 def _answer_char_spans(examples: list[SquadExample]) -> tuple[np.ndarray, np.ndarray]:
     """[start, end) character span of each example's first answer, without edge white space."""
     starts, ends = [], []
@@ -429,33 +369,10 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
         raise UsageError(f"doc_stride must be positive, got {doc_stride}")
     if not examples:
         return _empty_features(max_seq_length, is_training)
-    check_overflow_covers_context(tokenizer)
-    questions, query_lengths = _truncate_questions(
-        tokenizer, [e.question for e in examples], max_query_length)
-    parts = {"input_ids": [], "attention_mask": [], "token_type_ids": [], "starts": [],
-             "ends": [], "example_index": []}
-    # The overlap depends on the question length, so tokenise each length in its own batch.
-    for query_length in tqdm(np.unique(query_lengths), desc="features", leave=False,
-                             disable=len(examples) < 2000):
-        group = np.flatnonzero(query_lengths == query_length)
-        enc = _tokenize_group(tokenizer, [questions[i] for i in group],
-                              [examples[i].context for i in group], int(query_length),
-                              max_seq_length, doc_stride)
-        # Context tokens: the non-special tokens after the question's ``query_length`` ones.
-        content = (enc["special_tokens_mask"] == 0) & (enc["attention_mask"] == 1)
-        is_context = content & (np.cumsum(content, axis=1) > query_length)
-        offsets = enc["offset_mapping"]
-        parts["starts"].append(np.where(is_context, offsets[..., 0], -1))
-        parts["ends"].append(np.where(is_context, offsets[..., 1], -1))
-        parts["input_ids"].append(enc["input_ids"])
-        parts["attention_mask"].append(enc["attention_mask"])
-        parts["token_type_ids"].append(enc["token_type_ids"] if "token_type_ids" in enc
-                                       else np.zeros_like(enc["input_ids"]))
-        parts["example_index"].append(group[enc["overflow_to_sample_mapping"]])
-    merged = {k: np.concatenate(v) for k, v in parts.items()}
-    order = np.argsort(merged["example_index"], kind="stable")  # example order, windows in order
-    merged = {k: v[order] for k, v in merged.items()}
-    return _features_from_arrays(merged, examples, is_training)
+    arrays = windows.encode_windows(tokenizer.backend_tokenizer, [e.question for e in examples],
+                                    [e.context for e in examples], max_seq_length, doc_stride,
+                                    max_query_length, tokenizer.pad_token_id)
+    return _features_from_arrays(arrays, examples, is_training)
 
 
 def _empty_features(max_seq_length: int, is_training: bool) -> SquadFeatures:

@@ -4,9 +4,10 @@ Measured side by side in one run (best of ``--repeats``):
 
 * pipeline: ``utils_squad.convert_examples_to_features`` (question truncation, windowing,
   context masks, offsets lists, tensors);
-* bare tokenizer: the same batched tokenizer calls the pipeline makes (same truncated
-  questions, contexts, truncation="only_second", per-question-length stride, padding to
-  max_seq_length, overflowing tokens and offsets), nothing else;
+* bare tokenizer: transformers' batched tokenizer calls with the pipeline's arguments (same
+  truncated questions, contexts, truncation="only_second", per-question-length stride, padding
+  to max_seq_length, overflowing tokens and offsets, numpy arrays), nothing else;
+* the ``tokenizers`` calls underneath alone (``encode_batch``, no arrays);
 * for reference, one single batched call with untruncated questions and one fixed stride.
 
 The pipeline's overhead is reported as a percentage of the bare tokenizer time.
@@ -26,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import utils_squad  # noqa: E402
+import windows  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "squad" / "dev-v1.1.json"
@@ -50,16 +52,34 @@ def best_time(fn, repeats: int):
 
 
 def bare_grouped_calls(tokenizer, examples, args):
-    """Only the tokenizer calls the pipeline makes (the pipeline's own truncated questions)."""
-    questions, lengths = utils_squad._truncate_questions(
-        tokenizer, [e.question for e in examples], args.max_query_length)
+    """Only transformers' tokenizer calls with the pipeline's arguments (its truncated questions,
+    one call per question length), nothing else: what the pipeline did before it read the
+    ``tokenizers`` encodings itself."""
+    questions, lengths = windows.truncate_questions(tokenizer.backend_tokenizer, [e.question for e in examples],
+                                                    args.max_query_length)
     count = 0
     for length in np.unique(lengths):
         group = np.flatnonzero(lengths == length)
-        enc = utils_squad._tokenize_group(tokenizer, [questions[i] for i in group],
-                                          [examples[i].context for i in group], int(length),
-                                          args.max_seq_length, args.doc_stride)
+        overlap = windows.window_overlap(args.max_seq_length, args.doc_stride, int(length))
+        enc = tokenizer([questions[i] for i in group], [examples[i].context for i in group],
+                        truncation="only_second", max_length=args.max_seq_length, stride=overlap,
+                        return_overflowing_tokens=True, return_offsets_mapping=True,
+                        return_special_tokens_mask=True, padding="max_length", return_tensors="np")
         count += len(enc["input_ids"])
+    return count
+
+
+def backend_grouped_calls(tokenizer, examples, args):
+    """The ``tokenizers`` calls alone (encode_batch of each question length, padded windows)."""
+    backend = tokenizer.backend_tokenizer
+    questions, lengths = windows.truncate_questions(backend, [e.question for e in examples], args.max_query_length)
+    count = 0
+    for length in np.unique(lengths):
+        group = np.flatnonzero(lengths == length)
+        overlap = windows.window_overlap(args.max_seq_length, args.doc_stride, int(length))
+        with windows.truncating(backend, args.max_seq_length, overlap, tokenizer.pad_token_id) as tok:
+            encodings = tok.encode_batch([(questions[i], examples[i].context) for i in group])
+        count += sum(1 + len(e.overflowing) for e in encodings)
     return count
 
 
@@ -96,24 +116,28 @@ def main(argv=None) -> int:
     convert()  # warm-up (tokenizer caches, allocator)
     pipeline_s, features = best_time(convert, args.repeats)
     bare_s, bare_count = best_time(lambda: bare_grouped_calls(tokenizer, examples, args), args.repeats)
-    typical_overlap = utils_squad.window_overlap(args.max_seq_length, args.doc_stride, 11)
+    backend_s, backend_count = best_time(lambda: backend_grouped_calls(tokenizer, examples, args), args.repeats)
+    typical_overlap = windows.window_overlap(args.max_seq_length, args.doc_stride, 11)
     single_s, single_count = best_time(
         lambda: bare_single_call(tokenizer, examples, args, typical_overlap), args.repeats)
-    if bare_count != len(features):
-        raise SystemExit(f"feature counts differ: pipeline {len(features)}, bare {bare_count}")
+    if not bare_count == backend_count == len(features):
+        raise SystemExit(f"feature counts differ: pipeline {len(features)}, bare {bare_count}, "
+                         f"tokenizers {backend_count}")
 
     overhead = 100.0 * (pipeline_s - bare_s) / bare_s
     print(f"examples: {len(examples)}  features: {len(features)}")
     print(f"pipeline        : {pipeline_s:7.3f} s  {len(features) / pipeline_s:9.1f} features/s")
     print(f"bare tokenizer  : {bare_s:7.3f} s  {bare_count / bare_s:9.1f} features/s "
           "(same grouped calls)")
+    print(f"tokenizers alone: {backend_s:7.3f} s  {backend_count / backend_s:9.1f} features/s "
+          "(the same calls' encode_batch, no arrays)")
     print(f"one single call : {single_s:7.3f} s  {single_count / single_s:9.1f} features/s "
           f"(untruncated questions, fixed stride {typical_overlap}; {single_count} features)")
     print(f"pipeline overhead: {overhead:.1f}% of the bare tokenizer time (limit 50%)")
     print(json.dumps({
         "examples": len(examples), "features": len(features),
         "pipeline_s": round(pipeline_s, 4), "bare_tokenizer_s": round(bare_s, 4),
-        "single_call_s": round(single_s, 4),
+        "single_call_s": round(single_s, 4), "tokenizers_only_s": round(backend_s, 4),
         "pipeline_features_per_s": round(len(features) / pipeline_s, 1),
         "bare_features_per_s": round(bare_count / bare_s, 1),
         "overhead_pct": round(overhead, 1),
