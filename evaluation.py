@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 import files
 import length_drop
 import postprocess
+import windows
 from errors import UsageError
 from evaluate_squad import evaluate_answers
 from loading import load_features
@@ -68,16 +69,12 @@ class SortedLogits:
 
 
 def sorted_batches(attention_mask: torch.Tensor, batch_size: int, pad_to_max_length: bool = False):
-    """The inference batching: [(feature indices, width)], longest features first (a stable sort,
-    so equal lengths keep file order), each batch cut to its longest real sequence."""
-    n, full_width = attention_mask.shape
-    lengths = attention_mask.sum(1)
-    order = torch.argsort(-lengths, stable=True)
-    plan = []
-    for i in range(0, n, batch_size):
-        index = order[i:i + batch_size]
-        plan.append((index, full_width if pad_to_max_length else int(lengths[index].max())))
-    return plan
+    """The inference batching (``windows.batch_plan``): [(feature indices, width)], longest
+    features first (a stable sort, so equal lengths keep file order), each batch cut to its
+    longest real sequence."""
+    plan = windows.batch_plan(attention_mask.sum(1).numpy(), attention_mask.shape[1], batch_size,
+                              pad_to_max_length)
+    return [(torch.from_numpy(index), width) for index, width in plan]
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import files
-import onnx_export
-from onnx_export import Int8Settings
+import onnx_format
+from onnx_format import Int8Settings
 from settings import WEIGHT_FILES
 
 logger = logging.getLogger("onnx_cache")
@@ -68,7 +68,7 @@ def _versions() -> list[str]:
     import onnxruntime
     import torch
 
-    return [torch.__version__, onnxruntime.__version__, str(onnx_export.EXPORT_FORMAT_VERSION)]
+    return [torch.__version__, onnxruntime.__version__, str(onnx_format.EXPORT_FORMAT_VERSION)]
 
 
 def _key(parts) -> str:
@@ -84,6 +84,7 @@ def exported_file(folder, length_config=None, int8: bool = False, int8_settings:
     """The ONNX file of the model in ``folder`` at ``length_config`` (validated as the caller
     wants; None: full length), float32 or int8, exported into ``cache_dir`` unless a checked one
     is there."""
+    import onnx_export
     from loading import load_model_checked
 
     cache = _cache(cache_dir)
@@ -98,7 +99,7 @@ def exported_file(folder, length_config=None, int8: bool = False, int8_settings:
         return fp32
     # keyed by what the float32 file is made from, not its bytes: one int8 file per model and configuration
     return _cached(cache, _key([fp32_key, int8_settings.key(), _versions()]) + "-int8",
-                   lambda path: onnx_export.quantize_int8(fp32, path, int8_settings),
+                   lambda path: onnx_format.quantize_int8(fp32, path, int8_settings),
                    {**made_from, "precision": "int8", "int8_settings": int8_settings.key()})
 
 
@@ -107,7 +108,7 @@ def int8_file(fp32_file, int8_settings: Int8Settings = Int8Settings(), cache_dir
     ``cache_dir`` unless a checked one is there."""
     cache = _cache(cache_dir)
     key = _key([file_sha256(fp32_file), int8_settings.key(), _versions()]) + "-int8"
-    return _cached(cache, key, lambda path: onnx_export.quantize_int8(fp32_file, path, int8_settings),
+    return _cached(cache, key, lambda path: onnx_format.quantize_int8(fp32_file, path, int8_settings),
                    {"onnx": str(Path(fp32_file).absolute()), "precision": "int8",
                     "int8_settings": int8_settings.key()})
 

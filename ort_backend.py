@@ -16,9 +16,10 @@ import numpy as np
 import files
 import length_drop
 import onnx_cache
-import onnx_export
+import onnx_format
 from errors import UsageError
-from onnx_export import INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata, read_metadata
+from onnx_format import (INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata, metadata_of_session,
+                         read_metadata)
 from settings import first_line
 
 
@@ -33,8 +34,13 @@ def load_metadata(path, flag: str = "--onnx") -> OnnxMetadata:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and friends: any unreadable file
         raise UsageError(f"{flag} {path}: not an ONNX file ({first_line(err)})") from None
+    return checked_metadata(lambda: read_metadata(proto), path, flag)
+
+
+def checked_metadata(read, path, flag: str) -> OnnxMetadata:
+    """``read()``'s metadata, or a UsageError for a file of an older format or not ours."""
     try:
-        return read_metadata(proto)
+        return read()
     except OldFormatError as err:
         raise UsageError(f"{flag} {path}: {err}; export it again with --export_onnx") from None
     except (KeyError, ValueError, TypeError):
@@ -73,15 +79,20 @@ class OrtLogits:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.metadata = load_metadata(self.path, flag)
+        if not self.path.is_file():
+            raise UsageError(f"{flag} {self.path}: no such file")
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one graph branch at a time; threads go to the kernels
+        options.log_severity_level = 4  # a file it cannot load is said once, below, not also in ONNX Runtime's log
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf
+            load_metadata(self.path, flag)  # not ONNX, or not ours: says which
             raise UsageError(f"{flag} {self.path}: ONNX Runtime cannot load it ({first_line(err)})") from None
+        # from the session, not onnx.load: importing onnx alone takes over a second
+        self.metadata = checked_metadata(lambda: metadata_of_session(self.session), self.path, flag)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != list(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
@@ -130,13 +141,14 @@ def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
         provider = OrtLogits(path, threads, flag="the ONNX cache file")
         check_matches_model(provider.metadata, config, path, "the ONNX cache file", weights)
         return provider
-    metadata = load_metadata(onnx_path)
+    provider = None if int8 else OrtLogits(onnx_path, threads)  # int8: quantised (by onnx) first
+    metadata = load_metadata(onnx_path) if int8 else provider.metadata
     check_matches_model(metadata, config, onnx_path, weights_sha256=weights)
     if length_config is not None:
         try:
-            onnx_export.check_length_config_of(metadata, length_config)
+            onnx_format.check_length_config_of(metadata, length_config)
         except ValueError as err:
             raise UsageError(f"--onnx {onnx_path}: {err}") from None
     if int8 and metadata.precision == "fp32":
         onnx_path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
-    return OrtLogits(onnx_path, threads)
+    return provider or OrtLogits(onnx_path, threads)

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from files import atomic_write_json
@@ -53,7 +52,7 @@ def _softmax(scores: list[float]) -> list[float]:
 
 
 def _as_numpy(logits) -> np.ndarray:
-    if isinstance(logits, torch.Tensor):
+    if hasattr(logits, "detach"):  # a torch tensor (torch itself is not imported here)
         logits = logits.detach().cpu().float().numpy()
     return np.asarray(logits, dtype=np.float64)
 
@@ -75,7 +74,7 @@ def postprocess_predictions(examples: list, features, start_logits,
     if start_logits.shape != starts.shape or end_logits.shape != starts.shape:
         raise ValueError(f"logits must have the features' shape {starts.shape}, got "
                          f"{start_logits.shape} and {end_logits.shape}")
-    example_index = features.example_index.numpy()
+    example_index = np.asarray(features.example_index)  # a torch tensor or an array
     k = min(n_best_size, starts.shape[1])
     top_start = np.argsort(-start_logits, axis=1, kind="stable")[:, :k]
     top_end = np.argsort(-end_logits, axis=1, kind="stable")[:, :k]
@@ -121,6 +120,15 @@ def postprocess_predictions(examples: list, features, start_logits,
             for n, p in zip(nbest, probs)]
         predictions[example.qas_id] = nbest[0]["text"]
     return predictions, all_nbest
+
+
+def best_answer(nbest: list[dict]) -> dict:
+    """``{"answer", "score", "start", "end"}`` of an n-best list (``with_offsets``): its first
+    entry; an empty answer at 0 when no span was valid (the reference's "empty" placeholder)."""
+    best = nbest[0]
+    if best["start"] is None:
+        return {"answer": "", "score": 0.0, "start": 0, "end": 0}
+    return {"answer": best["text"], "score": best["probability"], "start": best["start"], "end": best["end"]}
 
 
 def write_predictions(predictions: dict, nbest: dict, output_dir, prefix: str = ""):

@@ -197,24 +197,10 @@ def _backend_json(tokenizer) -> dict:
         return {}
 
 
-def _normalizer_lowercases(normalizer: Any) -> bool | None:
-    if not isinstance(normalizer, dict):
-        return None
-    kind = normalizer.get("type")
-    if kind == "BertNormalizer":
-        return bool(normalizer.get("lowercase"))
-    if kind == "Lowercase":
-        return True
-    if kind == "Sequence":
-        found = [_normalizer_lowercases(n) for n in normalizer.get("normalizers", [])]
-        return True if any(found) else (False if found else None)
-    return False
-
-
 def tokenizer_lower_case(tokenizer) -> bool | None:
     """Whether ``tokenizer`` lower-cases its input (from its backend normaliser, else from
     ``do_lower_case``); None when it cannot be told."""
-    found = _normalizer_lowercases(_backend_json(tokenizer).get("normalizer"))
+    found = windows.normalizer_lowercases(_backend_json(tokenizer).get("normalizer"))
     if found is not None:
         return found
     flag = getattr(tokenizer, "do_lower_case", None)

@@ -20,6 +20,21 @@ from tqdm.auto import tqdm
 from errors import UsageError
 
 
+def normalizer_lowercases(normalizer) -> bool | None:
+    """Whether a tokenizer.json ``normalizer`` lower-cases; None when it cannot be told."""
+    if not isinstance(normalizer, dict):
+        return None
+    kind = normalizer.get("type")
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase"))
+    if kind == "Lowercase":
+        return True
+    if kind == "Sequence":
+        found = [normalizer_lowercases(n) for n in normalizer.get("normalizers", [])]
+        return True if any(found) else (False if found else None)
+    return False
+
+
 def window_overlap(max_seq_length: int, doc_stride: int, query_length: int,
                    num_special_tokens: int = 3) -> int:
     """The tokenizer's ``stride`` (an OVERLAP in tokens) that makes windows start every

@@ -353,3 +353,117 @@ def test_full_length_export_is_fused_for_onnxruntime(ws, tmp_path):
     assert "MultiHeadAttention" not in [n.op_type for n in onnx.load(str(plain)).graph.node]
     batch = random_batch(ws["model"].config.vocab_size, 3, 40, seed=11)
     assert_close_on_real(OrtLogits(ws["onnx"]["full"])(*batch), OrtLogits(plain)(*batch), batch[1], atol=1e-5)
+
+
+# ---- one answer without torch (quick_answer) ------------------------------------------------------
+
+def quick_pairs(squad) -> list[tuple[str, str]]:
+    """The tiny dev questions, plus a context four times as long (several windows at 128/32) and a
+    question longer than max_query_length (cut to its first 64 tokens)."""
+    examples = utils_squad.read_squad_examples(squad / "dev-v1.1.json", is_training=False)
+    pairs = [(e.question, e.context) for e in examples[:6]]
+    long_context = " ".join([examples[0].context] * 4)
+    return pairs + [(examples[0].question, long_context), (" ".join([examples[1].question] * 12), examples[1].context)]
+
+
+@pytest.mark.parametrize("name", ["full", "absolute", "relative"])
+def test_quick_answer_is_the_question_answerers(ws, name):
+    """quick_answer (tokenizers + ONNX Runtime + numpy) gives QuestionAnswerer's answers on the same
+    ONNX file exactly: same windows, batches, logits and n-best, at every configuration."""
+    import quick_answer
+
+    window = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
+    qa = inference.QuestionAnswerer.from_pretrained(ws["model_dir"], backend="onnxruntime",
+                                                    onnx_path=ws["onnx"][name], **window)
+    pairs = quick_pairs(ws["squad"])
+    assert len(qa.features([utils_squad.SquadExample("x", "", *pairs[-2], [])])) >= 3  # several windows
+    for question, context in pairs:
+        got = quick_answer.answer(ws["model_dir"], ws["onnx"][name], question, context, **window)
+        assert got is not None and got == qa.answer(question, context)
+
+
+def test_quick_answer_command_imports_neither_torch_nor_transformers(ws):
+    """`inference.py --backend onnxruntime --onnx F --question Q --context C`, in a fresh process,
+    answers as QuestionAnswerer does and never imports torch or transformers."""
+    import subprocess
+
+    question, context = quick_pairs(ws["squad"])[-2]
+    code = ("import json, sys; import inference; rc = inference.main(sys.argv[1:]); "
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "--model", str(ws["model_dir"]), "--backend", "onnxruntime",
+                           "--onnx", str(ws["onnx"]["relative"]), "--question", question, "--context", context,
+                           *LENGTHS], capture_output=True, text=True, cwd=str(inference.Path(inference.__file__).parent))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    qa = inference.QuestionAnswerer.from_pretrained(ws["model_dir"], backend="onnxruntime",
+                                                    onnx_path=ws["onnx"]["relative"], max_seq_length=128, doc_stride=32)
+    assert json.loads(proc.stdout) == qa.answer(question, context)
+
+
+def test_quick_answer_leaves_other_weights_and_tokenizers_to_the_full_path(ws, tmp_path, capsys):
+    """Where quick_answer cannot vouch for QuestionAnswerer's answer it returns None: weights other
+    than the file's (the command line then says so, from the full path), a folder without
+    tokenizer.json."""
+    import quick_answer
+
+    window = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
+    question, context = quick_pairs(ws["squad"])[0]
+    retrained = tmp_path / "retrained"  # same shape and tokenizer, other weights
+    shutil.copytree(ws["model_dir"], retrained)
+    save_tiny_bert(retrained, load_model(str(ws["model_dir"])).config, seed=4)
+    assert quick_answer.answer(retrained, ws["onnx"]["full"], question, context, **window) is None
+    capsys.readouterr()  # the saving's progress bars
+    line = cli_error(capsys, "--model", retrained, "--backend", "onnxruntime", "--onnx", ws["onnx"]["full"],
+                     "--question", question, "--context", context, *LENGTHS)
+    assert "other weights" in line
+    no_tokenizer_json = tmp_path / "no_tokenizer_json"
+    shutil.copytree(ws["model_dir"], no_tokenizer_json)
+    (no_tokenizer_json / "tokenizer.json").unlink()
+    assert quick_answer.answer(no_tokenizer_json, ws["onnx"]["full"], question, context, **window) is None
+
+
+def test_safetensors_hash_is_the_models_weights_sha256(ws):
+    """The hash quick_answer reads from model.safetensors without torch equals
+    checkpoints.weights_sha256 of the loaded model (what an export records): the tiny model and the
+    real all-MiniLM-L6-v2 (with its QA head, as saved by save_pretrained)."""
+    import quick_answer
+    from checkpoints import weights_sha256
+
+    folder = ws["model_dir"]
+    assert quick_answer.safetensors_weights_sha256(folder / "model.safetensors") == weights_sha256(ws["model"])
+    minilm = require_minilm()
+    model = load_model(str(minilm))
+    saved = ws["root"] / "minilm-qa"
+    model.save_pretrained(saved)
+    assert quick_answer.safetensors_weights_sha256(saved / "model.safetensors") == weights_sha256(model)
+
+
+def test_raw_tokenizer_json_gives_transformers_windows_on_minilm(ws):
+    """windows.encode_windows on all-MiniLM-L6-v2's tokenizer.json loaded by tokenizers alone (as
+    quick_answer loads it) equals utils_squad's features from transformers' tokenizer, on the tiny
+    data and, where present, the first 300 real dev questions."""
+    from tokenizers import Tokenizer
+
+    import quick_answer
+    import windows
+    from helpers import SHARED_SQUAD_DIR
+    from loading import load_tokenizer
+
+    folder = require_minilm()
+    tokenizer = load_tokenizer(inference.SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    pad_id = quick_answer.pad_token_id(folder, raw)
+    assert pad_id == tokenizer.pad_token_id
+    examples = utils_squad.read_squad_examples(ws["squad"] / "dev-v1.1.json", is_training=False)
+    if (SHARED_SQUAD_DIR / "dev-v1.1.json").is_file():
+        examples += utils_squad.read_squad_examples(SHARED_SQUAD_DIR / "dev-v1.1.json", is_training=False)[:300]
+    for lengths in ((384, 128, 64), (128, 32, 16)):
+        features = utils_squad.convert_examples_to_features(examples, tokenizer, *lengths)
+        arrays = windows.encode_windows(raw, [e.question for e in examples], [e.context for e in examples],
+                                        *lengths, pad_id)
+        for name in ("input_ids", "attention_mask", "token_type_ids", "example_index"):
+            np.testing.assert_array_equal(arrays[name], getattr(features, name).numpy())
+        starts, ends = features.context_offsets()
+        np.testing.assert_array_equal(arrays["starts"], starts)
+        np.testing.assert_array_equal(arrays["ends"], ends)
