@@ -69,6 +69,21 @@ def shared_export(folder, length_config=None, int8: bool = False) -> Path:
     return onnx_cache.exported_file(folder, length_config, int8=int8, cache_dir=onnx_store())
 
 
+class SharedExports(dict):
+    """name -> ONNX file of a (model folder, length configuration) pair, exported into the run's
+    shared store on first use (not when a fixture is set up): a worker then waits on another
+    worker's export only when a test needs that very file, instead of idling through every export
+    the fixture lists."""
+
+    def __init__(self, sources: dict):
+        super().__init__()
+        self.sources = sources
+
+    def __missing__(self, name):
+        self[name] = path = shared_export(*self.sources[name])
+        return path
+
+
 def seed_cache(cache, folder, length_config=None, int8: bool = False) -> None:
     """Copy the shared store's file(s) for this model and configuration (float32, and its int8
     form with ``int8``) with their records into the ONNX cache folder ``cache``, as an earlier run

@@ -17,8 +17,8 @@ import onnx_cache
 import onnx_export
 import utils_squad
 from helpers import run_inference_cli as run_cli
-from helpers import (TINY_SQUAD_DIR, make_tiny_tokenizer, require_minilm, save_tiny_bert, seed_cache,
-                     shared_export, tiny_bert_config, tiny_squad_texts)
+from helpers import (TINY_SQUAD_DIR, SharedExports, make_tiny_tokenizer, require_minilm, save_tiny_bert,
+                     seed_cache, tiny_bert_config, tiny_squad_texts)
 from loading import load_model
 from ort_backend import OrtLogits
 
@@ -29,8 +29,8 @@ RELATIVE = (1.0, 0.6, 0.3)
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    """The tiny data and a tiny 3-layer model, exported once per configuration (the run's shared
-    store, so every worker and test_serving_faults.py use the same files)."""
+    """The tiny data and a tiny 3-layer model, exported once per configuration when a test first
+    asks (the run's shared store, so every worker and test_serving_faults.py use the same files)."""
     root = tmp_path_factory.mktemp("onnx")
     squad = root / "squad"
     shutil.copytree(TINY_SQUAD_DIR, squad, ignore=shutil.ignore_patterns("cached_*"))
@@ -38,8 +38,7 @@ def ws(tmp_path_factory):
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=128)
     folder = save_tiny_bert(root / "model", config, seed=3, tokenizer=tok)
     model = load_model(str(folder)).eval()
-    exported = {name: shared_export(folder, length_config)
-                for name, length_config in (("full", None), ("absolute", ABSOLUTE), ("relative", RELATIVE))}
+    exported = SharedExports({"full": (folder, None), "absolute": (folder, ABSOLUTE), "relative": (folder, RELATIVE)})
     return {"root": root, "squad": squad, "model_dir": folder, "model": model, "onnx": exported}
 
 
@@ -207,6 +206,7 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
     assert sum(answers[0][k] == answers[1][k] for k in answers[0]) >= 0.8 * len(answers[0])
 
 
+@pytest.mark.long
 def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch, capsys):
     """--int8 through inference.main, on either backend, and the export cache."""
     cache = tmp_path / "cache"
@@ -294,6 +294,7 @@ def test_cli_errors_are_one_line(ws, tmp_path, capsys):
 @pytest.mark.parametrize("name, length_config", [("full", None),
                                                   ("absolute", (150, 120, 80)),
                                                   ("relative", (1.0, 0.8, 0.5))])
+@pytest.mark.long
 def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path, name, length_config):
     """all-MiniLM-L6-v2's first 3 layers (real weights, 384 wide; QA head seeded; every layer adds
     seconds to an export), real SQuAD text, batches of sizes and widths the export never saw, full

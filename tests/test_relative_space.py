@@ -231,6 +231,7 @@ def test_sweep_in_fraction_space():
 
 # --- the comparison script ------------------------------------------------------------------------
 
+@pytest.mark.long
 def test_bench_spaces_runs_on_the_tiny_model(ws, tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(

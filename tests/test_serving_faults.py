@@ -25,7 +25,7 @@ import length_drop
 import onnx_cache
 import onnx_export
 from errors import UsageError
-from helpers import (REPO_ROOT, TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, seed_cache, shared_export,
+from helpers import (REPO_ROOT, TINY_SQUAD_DIR, SharedExports, make_tiny_tokenizer, save_tiny_bert, seed_cache,
                      tiny_bert_config, tiny_squad_texts)
 from loading import load_model
 from ort_backend import OrtLogits
@@ -39,7 +39,8 @@ QUESTION = ["--question", "Who wrote it?", "--context", "The book was written by
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """A tiny 3-layer model, a second one of the same shape (other weights), each exported once
-    (the run's shared store: test_onnx.py exports the same model at the same configuration)."""
+    when a test first asks (the run's shared store: test_onnx.py exports the same model at the
+    same configuration)."""
     root = tmp_path_factory.mktemp("serving")
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=128)
@@ -47,7 +48,7 @@ def ws(tmp_path_factory):
     other = save_tiny_bert(root / "other", config, seed=4, tokenizer=tok)
     # the other weights at full length: which configuration that file holds does not matter to the
     # test that refuses it, and a full-length export takes half the time
-    exported = {"model": shared_export(folder, CONFIG), "other": shared_export(other)}
+    exported = SharedExports({"model": (folder, CONFIG), "other": (other, None)})
     return {"root": root, "model_dir": folder, "other_dir": other, "onnx": exported,
             "dev": TINY_SQUAD_DIR / "dev-v1.1.json"}
 
@@ -152,6 +153,7 @@ def test_an_unwritable_place_is_not_called_a_full_disk(tmp_path):
 
 # ---- cached and exported files are checked before use ------------------------------------------
 
+@pytest.mark.long
 def test_an_edited_or_truncated_cache_file_is_rebuilt_with_a_warning(ws, tmp_path, caplog):
     """At full length: which configuration is cached does not matter here, and a full-length
     export takes half the time."""
