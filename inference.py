@@ -165,6 +165,19 @@ def takes_quick_path(args) -> bool:
             and args.menu is None)
 
 
+def answered_quickly(args) -> bool:
+    """Write ``quick_answer``'s answer and say True, or False when the full path must answer."""
+    import quick_answer
+
+    window = window_settings(args.model, args.max_seq_length, args.doc_stride, args.max_query_length)
+    answer = quick_answer.answer(args.model, args.onnx, args.question, args.context, **window,
+                                 n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
+                                 batch_size=args.batch_size, threads=args.threads)
+    if answer is not None:
+        write_output(args.output or "-", answer, indent=None)
+    return answer is not None
+
+
 def run(args) -> None:
     if args.list_cache or args.clear_cache:
         run_cache_command(args)
@@ -182,16 +195,8 @@ def run(args) -> None:
         raise UsageError("--input needs --output")
     if single and (args.question is None or args.context is None):
         raise UsageError("empty " + ("question" if args.question is None else "context"))
-    if single and takes_quick_path(args):
-        import quick_answer
-
-        window = window_settings(args.model, args.max_seq_length, args.doc_stride, args.max_query_length)
-        answer = quick_answer.answer(args.model, args.onnx, args.question, args.context, **window,
-                                     n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
-                                     batch_size=args.batch_size, threads=args.threads)
-        if answer is not None:
-            write_output(args.output or "-", answer, indent=None)
-            return
+    if single and takes_quick_path(args) and answered_quickly(args):
+        return
     quiet_transformers()
     import utils_squad
     from answering import QuestionAnswerer
