@@ -208,7 +208,9 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
 
 @pytest.mark.long
 def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch, capsys):
-    """--int8 through inference.main, on either backend, and the export cache."""
+    """--int8 through inference.main, on either backend, and the export cache. The command line's
+    int8 export quantises the shared store's float32 file of its configuration (the real export
+    through the command line runs in test_cli_export_then_onnxruntime_predictions_equal_torch)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv(onnx_cache.CACHE_ENV, str(cache))
     seed_cache(cache, ws["model_dir"], RELATIVE)  # the float32 export, as an earlier run left it
@@ -225,9 +227,16 @@ def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeyp
     cached = sorted(p.name for p in cache.glob("*.onnx"))
     assert len(cached) == 2 and sum(n.endswith("-int8.onnx") for n in cached) == 1  # fp32 export, int8 form
     assert all((cache / n).with_suffix(".json").is_file() for n in cached)  # each with its content record
-    exported = tmp_path / "int8.onnx"
-    assert "(int8, " in main("--model", ws["model_dir"], "--length_config", config, "--export_onnx", exported,
-                             "--int8").out
+    exported, export_calls = tmp_path / "int8.onnx", []
+
+    def export_onnx(model, path, length_config=None):  # the shared store's export of this very config
+        export_calls.append(length_config)
+        shutil.copyfile(ws["onnx"]["relative"], path)
+    with monkeypatch.context() as patch:  # the real export through the command line: the full-length test
+        patch.setattr(onnx_export, "export_onnx", export_onnx)
+        assert "(int8, " in main("--model", ws["model_dir"], "--length_config", config, "--export_onnx", exported,
+                                 "--int8").out
+    assert export_calls == [RELATIVE]  # the command line's configuration reached the exporter
     # an int8 file runs as it is; a float32 one with --int8 is quantised into the cache (keyed by its bytes)
     for onnx_file in (exported, ws["onnx"]["relative"]):
         main("--model", ws["model_dir"], "--backend", "onnxruntime", "--onnx", onnx_file, "--int8",
