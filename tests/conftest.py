@@ -32,10 +32,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked ``long`` first (the quickstart test alone takes about two minutes): with
-    ``-n 2 --dist worksteal`` the workers then end within seconds of each other instead of one
-    finishing a long test while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # a stable sort
+    """The tests marked ``long(seconds)`` first, longest first (the quickstart test alone takes
+    about two minutes). With ``--dist load --maxschedchunk 1`` (pytest.ini) each worker is handed
+    a test or two at a time, so the long ones start early on both workers and the short ones fill
+    in: the workers end within seconds of each other."""
+    def expected_seconds(item):
+        marker = item.get_closest_marker("long")
+        return marker.args[0] if marker is not None else 0
+    items.sort(key=expected_seconds, reverse=True)  # a stable sort: the rest keep their order
 
 
 def pytest_unconfigure(config):

@@ -206,7 +206,7 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
     assert sum(answers[0][k] == answers[1][k] for k in answers[0]) >= 0.8 * len(answers[0])
 
 
-@pytest.mark.long
+@pytest.mark.long(30)
 def test_int8_cli_with_either_backend_and_the_export_cache(ws, tmp_path, monkeypatch, capsys):
     """--int8 through inference.main, on either backend, and the export cache. The command line's
     int8 export quantises the shared store's float32 file of its configuration (the real export
@@ -303,7 +303,7 @@ def test_cli_errors_are_one_line(ws, tmp_path, capsys):
 @pytest.mark.parametrize("name, length_config", [("full", None),
                                                   ("absolute", (150, 120, 80)),
                                                   ("relative", (1.0, 0.8, 0.5))])
-@pytest.mark.long
+@pytest.mark.long(25)
 def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path, name, length_config):
     """all-MiniLM-L6-v2's first 3 layers (real weights, 384 wide; QA head seeded; every layer adds
     seconds to an export), real SQuAD text, batches of sizes and widths the export never saw, full

@@ -230,7 +230,6 @@ def test_sweep_in_fraction_space():
 
 # --- the comparison script ------------------------------------------------------------------------
 
-@pytest.mark.long
 def test_bench_spaces_runs_on_the_tiny_model(ws, tmp_path):
     out = tmp_path / "bench"
     spec = importlib.util.spec_from_file_location("bench_spaces", REPO_ROOT / "bench" / "bench_spaces.py")

@@ -73,7 +73,7 @@ def run(argv) -> int:
     return run_squad.main([str(a) for a in argv])
 
 
-@pytest.mark.long
+@pytest.mark.long(18)
 def test_paper_steps_1_to_4_as_written(workspace):
     env = workspace
     out = env["OUTPUT_DIR"]
@@ -113,7 +113,7 @@ def tiny_args(env, out, *extra):
             "--max_seq_length", "128", "--doc_stride", "32", "--overwrite_output_dir", *extra]
 
 
-@pytest.mark.long
+@pytest.mark.long(30)
 def test_training_learns_its_training_questions(workspace, tmp_path):
     """A tiny model fine-tuned on the shipped training questions answers them (F1 >= 90), far above
     the untrained model."""
@@ -263,7 +263,7 @@ def test_eval_at_a_fixed_length_config_reports_fewer_macs(workspace, tmp_path):
     assert (tmp_path / "o" / "predictions.json").is_file()
 
 
-@pytest.mark.long
+@pytest.mark.long(20)
 def test_torchrun_two_processes_match_one_process(workspace, tmp_path):
     """DDP on 2 CPU processes (gloo) with 4 features each per step trains the same weights as one
     process with 8: the distributed sampler splits each batch of the single-process order."""
@@ -367,7 +367,7 @@ def quickstart_results(out: Path) -> dict:
             "weights": {s: load_file(out / s / "checkpoint-best" / "model.safetensors") for s in steps}}
 
 
-@pytest.mark.long
+@pytest.mark.long(100)
 def test_quickstart_twice_gives_the_same_results(tmp_path):
     """quickstart.sh runs the five steps, says where everything is and keeps no optimizer state;
     the same command run again, into the folder an earlier quickstart left, replaces that run and

@@ -80,7 +80,7 @@ def one_worker_front(configs: list[tuple], tmp_path: Path) -> list[tuple]:
     return [config_of(r) for r in read_csv(tmp_path / "one_worker" / search.FRONT_CSV)]
 
 
-@pytest.mark.long
+@pytest.mark.long(15)
 def test_three_workers_one_killed_share_one_front(postgres_url, tmp_path, capsys):
     study = "shared-search"
     flags = worker_flags(postgres_url, study)

@@ -620,7 +620,7 @@ def test_oracle_round_trip_tiny(tokenizer):
     assert evaluate_squad.evaluate(dataset, predictions) == {"exact_match": 100.0, "f1": 100.0}
 
 
-@pytest.mark.long
+@pytest.mark.long(17)
 def test_oracle_round_trip_real_dev(capsys):
     from transformers import AutoTokenizer
 
