@@ -649,3 +649,22 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
     finally:
         os.umask(umask)
+
+
+def test_windowing_leaves_the_tokenizers_own_settings_as_it_found_them(tokenizer):
+    """windows.py sets truncation and padding on the tokenizer's backend for its calls: afterwards
+    the backend's own settings are back, and transformers' calls on it give what they gave before."""
+    backend = tokenizer.backend_tokenizer
+    text = "the cat sat on the mat " * 20
+    before = tokenizer(text)["input_ids"]
+    backend.enable_truncation(12, stride=2, strategy="longest_first")
+    backend.enable_padding(length=20, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+    truncation, padding = backend.truncation, backend.padding
+    examples = utils_squad.read_squad_examples(DEV, is_training=False)
+    utils_squad.convert_examples_to_features(examples, tokenizer, **SMALL)
+    assert backend.truncation == truncation and backend.padding == padding
+    backend.no_truncation()
+    backend.no_padding()
+    utils_squad.convert_examples_to_features(examples, tokenizer, **SMALL)
+    assert backend.truncation is None and backend.padding is None
+    assert tokenizer(text)["input_ids"] == before
