@@ -58,7 +58,7 @@ def predict_logits(settings: EvalSettings, model, features, device, length_confi
 
 # forward(input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits), each [B, w]
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]
-PAD_LOGIT = -np.inf  # positions past a batch's width: never in the n-best
+PAD_LOGIT = windows.PAD_LOGIT  # positions past a batch's width: never in the n-best
 
 
 @dataclass

@@ -29,7 +29,6 @@ import windows
 from answer_settings import read_model_config
 from settings import check_window_flags
 
-PAD_LOGIT = -np.inf  # positions past a batch's width: never in the n-best (evaluation.PAD_LOGIT)
 # safetensors dtype codes -> the names checkpoints.weights_sha256 hashes (str of a torch dtype)
 TORCH_DTYPE_NAMES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16",
                      "BF16": "torch.bfloat16", "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16",
@@ -126,8 +125,8 @@ def answer(folder, onnx_path, question: str, context: str, *, max_seq_length: in
                        provider.metadata.max_position_embeddings)
     features = windows.encode_windows(backend, [question], [context], max_seq_length, doc_stride,
                                       max_query_length, pad_id)
-    starts = np.full(features["input_ids"].shape, PAD_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, PAD_LOGIT)
+    starts = np.full(features["input_ids"].shape, windows.PAD_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, windows.PAD_LOGIT)
     for index, width in windows.batch_plan(features["attention_mask"].sum(1), max_seq_length, batch_size):
         batch = (features[name][index, :width] for name in ("input_ids", "attention_mask", "token_type_ids"))
         starts[index, :width], ends[index, :width] = provider(*batch)

@@ -170,6 +170,9 @@ def encode_windows(backend, questions: list[str], contexts: list[str], max_seq_l
     return {k: v[order] for k, v in merged.items()}
 
 
+PAD_LOGIT = -np.inf  # the logit of positions past a batch's width: never in the n-best
+
+
 def batch_plan(lengths: np.ndarray, full_width: int, batch_size: int, pad_to_max_length: bool = False):
     """[(window indices, width)]: longest windows first (a stable sort, so equal lengths keep
     their order), each batch cut to its longest real sequence (or ``full_width``)."""
