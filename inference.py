@@ -17,19 +17,19 @@ import json
 import sys
 from pathlib import Path
 
-import files
-import length_menu
-import onnx_cache
-from answer_settings import (BACKENDS, WINDOW_DEFAULTS, check_backend, check_text, read_model_config,
+from core import files
+from search import menu as length_menu
+from serving.onnx import cache as onnx_cache
+from serving.settings import (BACKENDS, WINDOW_DEFAULTS, check_backend, check_text, read_model_config,
                              window_settings)
-from errors import PROJECT_ERRORS, UsageError, exit_code
-from settings import check_threads, check_window_flags
+from core.errors import PROJECT_ERRORS, UsageError, exit_code
+from training.settings import check_threads, check_window_flags
 
 
 def __getattr__(name):
     """The API (``QuestionAnswerer``, ``onnx_question_answerer``, ...) from ``answering.py``,
     imported on first use so the command line starts without torch."""
-    import answering
+    from serving import api as answering
 
     try:
         return getattr(answering, name)
@@ -119,7 +119,7 @@ def run_export(args) -> None:
         max_seq_length = window_settings(args.model, args.max_seq_length)["max_seq_length"]
         length_config = length_menu.choice_config(choice, layers, max_seq_length)
     quiet_transformers()
-    from answering import export_model
+    from serving.api import export_model
 
     metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
                             menu_choice=choice)
@@ -167,7 +167,7 @@ def takes_quick_path(args) -> bool:
 
 def answered_quickly(args) -> bool:
     """Write ``quick_answer``'s answer and say True, or False when the full path must answer."""
-    import quick_answer
+    from serving import quick_answer
 
     window = window_settings(args.model, args.max_seq_length, args.doc_stride, args.max_query_length)
     answer = quick_answer.answer(args.model, args.onnx, args.question, args.context, **window,
@@ -199,7 +199,7 @@ def run(args) -> None:
         return
     quiet_transformers()
     import utils_squad
-    from answering import QuestionAnswerer
+    from serving.api import QuestionAnswerer
 
     examples = (utils_squad.read_squad_examples(args.input, is_training=False, require_answers=False)
                 if args.input else None)

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig
 from transformers.utils import logging as hf_logging
-from files import follow_umask
-from loading import load_model
+from core.files import follow_umask
+from training.loading import load_model
 from modeling_bert import BertForQuestionAnswering
 
 out = Path(sys.argv[1])
@@ -56,7 +56,7 @@ try:
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     print(f"teacher: all-MiniLM-L6-v2 from {src}")
 except ImportError:
-    from tiny_models import make_tiny_tokenizer, tiny_squad_texts
+    from tools.tiny_models import make_tiny_tokenizer, tiny_squad_texts
     tokenizer = make_tiny_tokenizer(out / "tokenizer", tiny_squad_texts())
     teacher = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=64,
         num_hidden_layers=4, num_attention_heads=4, intermediate_size=128))

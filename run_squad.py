@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import sys
 
-import files
-from errors import PROJECT_ERRORS, exit_code
-from flags import build_parser as _build_parser
-from settings import TRAINING_STATE  # noqa: F401  (tests use it here)
+from core import files
+from core.errors import PROJECT_ERRORS, exit_code
+from training.flags import build_parser as _build_parser
+from training.settings import TRAINING_STATE  # noqa: F401  (tests use it here)
 
 
 def build_parser():
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     backend; exit 1: disk full or the results file). Anything else keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
-        from pipeline import run  # torch and transformers load only now
+        from training.pipeline import run  # torch and transformers load only now
 
         run(args)
     except PROJECT_ERRORS as e:

@@ -27,13 +27,13 @@ CACHE_FORMAT_VERSION = 3  # 2: the tensors' sha256 is stored and checked; 3: cac
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
-from errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F401  (re-exported)
+from core.errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F401  (re-exported)
 # Re-exported: their homes are files.py and postprocess.py; callers of utils_squad keep working.
-from files import (  # noqa: E402,F401
+from core.files import (  # noqa: E402,F401
     atomic_path, atomic_write_json, atomic_write_text, free_bytes, is_disk_full, new_file_mode)
-from postprocess import postprocess_predictions, write_predictions  # noqa: E402,F401
-import windows  # noqa: E402
-from windows import check_overflow_covers_context, window_overlap  # noqa: E402,F401  (re-exported)
+from core.postprocess import postprocess_predictions, write_predictions  # noqa: E402,F401
+from core import windows  # noqa: E402
+from core.windows import check_overflow_covers_context, window_overlap  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------

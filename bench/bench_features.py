@@ -12,7 +12,7 @@ Measured side by side in one run (best of ``--repeats``):
 
 The pipeline's overhead is reported as a percentage of the bare tokenizer time.
 
-    python bench/bench_features.py [--data ../shared/squad/dev-v1.1.json] [--tokenizer DIR]
+    python -m bench.bench_features [--data ../shared/squad/dev-v1.1.json] [--tokenizer DIR]
 """
 from __future__ import annotations
 
@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import utils_squad  # noqa: E402
-import windows  # noqa: E402
+import utils_squad
+from core import windows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "squad" / "dev-v1.1.json"

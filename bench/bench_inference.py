@@ -13,7 +13,7 @@ and ours at the constant-rate length configurations, padded to 384 and to the lo
 real-query significance the real-token outputs are the same; the length caps at the batch length).
 
 Prints a table (latency, MACs ratio, measured speedup, speedup / MACs ratio) and writes JSON.
-Example: python bench/bench_inference.py --batch-sizes 1,32 --repeats 5 --output bench/results.json
+Example: python -m bench.bench_inference --batch-sizes 1,32 --repeats 5 --output bench/results.json
 """
 from __future__ import annotations
 
@@ -29,11 +29,10 @@ import transformers
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import utils_squad  # noqa: E402
-from length_drop import analytic_macs, constant_drop_config  # noqa: E402
-from modeling_bert import BertForQuestionAnswering  # noqa: E402
+import utils_squad
+from length_drop import analytic_macs, constant_drop_config
+from modeling_bert import BertForQuestionAnswering
 
 TARGET_REDUCTIONS = (1.5, 2.0, 3.0)
 
@@ -164,7 +163,7 @@ def synthetic_rows(theirs, ours, config, configs, batch, args):
 def real_rows(theirs, ours, config, configs, args):
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
-        from tiny_models import minilm_dir
+        from tools.tiny_models import minilm_dir
 
         tokenizer_dir = minilm_dir()
     if not args.dev_file or not Path(args.dev_file).is_file() or tokenizer_dir is None:

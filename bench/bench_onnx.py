@@ -8,7 +8,7 @@ model, configuration and int8 setting). With ``--model`` a fine-tuned checkpoint
 SQuAD v1.1 metric), so int8's F1 loss is measured on the same run.
 
 Example (all-MiniLM-L6-v2, 2 threads, batch 32, 96 features):
-  python bench/bench_onnx.py --threads 2 --batch-size 32 --features 96 --repeats 5 \
+  python -m bench.bench_onnx --threads 2 --batch-size 32 --features 96 --repeats 5 \
       --length-config "[1.0, 1.0, 0.8, 0.6, 0.5, 0.4]"
 """
 from __future__ import annotations
@@ -16,20 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import evaluate_squad  # noqa: E402
-import inference  # noqa: E402
-import length_drop  # noqa: E402
-import utils_squad  # noqa: E402
-from onnx_export import Int8Settings  # noqa: E402
-from tiny_models import minilm_dir  # noqa: E402
+import evaluate_squad
+import inference
+import length_drop
+import utils_squad
+from serving.onnx.export import Int8Settings
+from tools.tiny_models import minilm_dir
 
 
 def parse_args(argv=None):

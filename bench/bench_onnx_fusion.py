@@ -8,7 +8,7 @@ file on the same dev features, sorted by length in batches padded to their longe
 round-robin (median of ``--repeats``), and prints ms per feature, the speedup over transformers'
 export and the largest start-logit difference from it.
 
-    python bench/bench_onnx_fusion.py --model ../shared/models/minilm-squad-step1 \\
+    python -m bench.bench_onnx_fusion --model ../shared/models/minilm-squad-step1 \\
         --dev_file ../shared/squad/dev-v1.1.json --max_questions 200 --threads 2 --batch_size 32
 """
 from __future__ import annotations
@@ -24,15 +24,13 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import evaluation  # noqa: E402
-import files  # noqa: E402
-import utils_squad  # noqa: E402
-from bench_serving import export_transformers_onnx, ort_session, quantize_onnx  # noqa: E402
-from loading import load_model  # noqa: E402
-from onnx_export import export_onnx, quantize_int8  # noqa: E402
+from training import evaluation
+from core import files
+import utils_squad
+from bench.bench_serving import export_transformers_onnx, ort_session, quantize_onnx
+from training.loading import load_model
+from serving.onnx.export import export_onnx, quantize_int8
 
 
 def parse_args(argv=None):
@@ -98,7 +96,7 @@ def main(argv=None) -> int:
         print(f"{name:20s} {rows[-1]['ms_per_feature']:7.2f} ms/feature  {base / seconds:5.2f}x  "
               f"max |start logit - transformers fp32| {diff:.1e}")
     if a.output:
-        files.atomic_write_json(a.output, {"command": "python bench/bench_onnx_fusion.py " + " ".join(sys.argv[1:]),
+        files.atomic_write_json(a.output, {"command": "python -m bench.bench_onnx_fusion " + " ".join(sys.argv[1:]),
                                            "features": len(features), "rows": rows})
     return 0
 

@@ -12,7 +12,7 @@ batches. Speed does not depend on the weights' values, only on the architecture 
 configuration, so any checkpoint of the right shape times the same (the rows' F1 come from
 the GPU runs).
 
-    python bench/bench_reproduction.py --teacher MINILM_DIR --student STUDENT_DIR \\
+    python -m bench.bench_reproduction --teacher MINILM_DIR --student STUDENT_DIR \\
         --configs '[[262, 145, 103], [211, 136, 105]]' --threads 2 --features 128 --output speed.json
 """
 from __future__ import annotations
@@ -26,13 +26,11 @@ import torch
 import transformers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import utils_squad  # noqa: E402
-from bench_inference import pad_batch, squad_features, time_interleaved  # noqa: E402
-from length_drop import analytic_macs  # noqa: E402
-from modeling_bert import BertForQuestionAnswering  # noqa: E402
+import utils_squad
+from bench.bench_inference import pad_batch, squad_features, time_interleaved
+from length_drop import analytic_macs
+from modeling_bert import BertForQuestionAnswering
 
 
 def parse_args(argv=None):

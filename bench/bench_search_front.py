@@ -13,7 +13,7 @@ wrote, times on the same dev features, interleaved in one run:
 Prints the F1 the search measured, the MACs ratio and the measured speedups against both baselines,
 and writes them as JSON.
 
-    python bench/bench_search_front.py --model CKPT --front SEARCH_DIR/pareto_front.csv \
+    python -m bench.bench_search_front --model CKPT --front SEARCH_DIR/pareto_front.csv \
         --max-seq-length 256 --features 256
 """
 from __future__ import annotations
@@ -28,13 +28,11 @@ import torch
 import transformers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import utils_squad  # noqa: E402
-from bench_inference import time_interleaved  # noqa: E402
-from length_drop import analytic_macs  # noqa: E402
-from modeling_bert import BertForQuestionAnswering  # noqa: E402
+import utils_squad
+from bench.bench_inference import time_interleaved
+from length_drop import analytic_macs
+from modeling_bert import BertForQuestionAnswering
 
 
 def parse_args(argv=None):

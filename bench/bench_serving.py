@@ -22,7 +22,7 @@ window. Each system's F1 is compared question by question with the same weights 
 (transformers sorted + longest): the mean difference with a 95% interval, so a 1% loss is
 resolvable on enough questions.
 
-    python bench/bench_serving.py --model DIR --dev_file ../shared/squad/dev-v1.1.json \\
+    python -m bench.bench_serving --model DIR --dev_file ../shared/squad/dev-v1.1.json \\
         --max_questions 500 --config full --config 'abs:[...]' --config 'rel:[...]' \\
         --threads 1,2 --batch_sizes 1,32 --output bench/results/serving.json
 """
@@ -44,14 +44,13 @@ import transformers
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import files  # noqa: E402
-import postprocess  # noqa: E402
-import utils_squad  # noqa: E402
-from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths  # noqa: E402
-from inference import QuestionAnswerer, onnx_question_answerer  # noqa: E402
-from length_drop import is_relative  # noqa: E402
+from core import files
+from core import postprocess
+import utils_squad
+from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
+from inference import QuestionAnswerer, onnx_question_answerer
+from length_drop import is_relative
 
 PAD_LOGIT = -np.inf
 

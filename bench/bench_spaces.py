@@ -9,7 +9,7 @@ configuration of both spaces and the full-length model again, interleaved in one
 the two fronts (F1 against time relative to the full-length model on sorted batches) as JSON, CSV
 and a plot.
 
-    python bench/bench_spaces.py --model CKPT --dev_file dev-v1.1.json --max_questions 500 \\
+    python -m bench.bench_spaces --model CKPT --dev_file dev-v1.1.json --max_questions 500 \\
         --budget 40 --threads 2 --batch_size 32
 
 Outputs in ``--output_dir`` (default ``local/bench_spaces``): ``absolute/`` and ``relative/`` (each a
@@ -29,16 +29,15 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import evaluation  # noqa: E402
-import files  # noqa: E402
-import length_menu  # noqa: E402
-import run_squad  # noqa: E402
-from errors import PROJECT_ERRORS, exit_code  # noqa: E402
-from loading import load_model_checked, load_tokenizer  # noqa: E402
-from runtime import setup_runtime  # noqa: E402
-from settings import build_settings  # noqa: E402
+from training import evaluation
+from core import files
+from search import menu as length_menu
+import run_squad
+from core.errors import PROJECT_ERRORS, exit_code
+from training.loading import load_model_checked, load_tokenizer
+from training.runtime import setup_runtime
+from training.settings import build_settings
 
 SPACES = ("absolute", "relative")
 CSV_FIELDS = ("space", "length_config", "f1", "exact_match", "macs_ratio", "search_speedup", "seconds",

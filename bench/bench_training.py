@@ -10,7 +10,7 @@ layout, and checks the maths: on a batch of median-length features, in eval mode
 the padded batch (with the span softmaxes over real tokens) and of the same batch cut to its
 longest sequence, and their differences.
 
-    python bench/bench_training.py --model ../shared/models/minilm-squad-step1 \\
+    python -m bench.bench_training --model ../shared/models/minilm-squad-step1 \\
         --train_file ../shared/squad/train-v1.1-subset.json --threads 2
 
 Writes ``--output`` (default ``local/bench_training.json``).
@@ -30,15 +30,14 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import files  # noqa: E402
-import run_squad  # noqa: E402
-from loading import load_features, load_student_and_teacher, load_tokenizer  # noqa: E402
-from objective import Objective, sub_models_for_step  # noqa: E402
-from runtime import Runtime, set_seed  # noqa: E402
-from settings import build_settings  # noqa: E402
-from training import epoch_batches, make_optimizer, train_step, trim_to_longest  # noqa: E402
+from core import files
+import run_squad
+from training.loading import load_features, load_student_and_teacher, load_tokenizer
+from training.objective import Objective, sub_models_for_step
+from training.runtime import Runtime, set_seed
+from training.settings import build_settings
+from training.loop import epoch_batches, make_optimizer, train_step, trim_to_longest
 
 STEPS = {
     "step1": [],
@@ -160,7 +159,7 @@ def main(argv=None) -> int:
         rows.append({"system": s.name, "examples_per_second": s.examples_per_second,
                      "speedup_over_padded": s.examples_per_second / padded.examples_per_second,
                      "seconds": s.seconds, "features": s.features})
-    result = {"command": "python bench/bench_training.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python -m bench.bench_training " + " ".join(argv or sys.argv[1:]),
               "threads": torch.get_num_threads(), "features": len(features),
               "mean_real_length": lengths.mean().item(), "max_seq_length": a.max_seq_length,
               "rows": rows, "loss_checks": checks}

@@ -2,7 +2,7 @@
 features load once): constant keep-rates, explicit configurations, or the configurations of a
 search's CSV (e.g. its Pareto front, to re-score on more questions than the search used).
 
-    python bench/evaluate_configs.py --model CKPT --dev_file dev-v1.1.json --rates 1.0,0.9,0.8 \\
+    python -m bench.evaluate_configs --model CKPT --dev_file dev-v1.1.json --rates 1.0,0.9,0.8 \\
         --front search/pareto_front.csv --output scores.json [--bf16] [--max_questions N]
 
 Writes a JSON list (one object per configuration: length_config, f1, exact_match, macs_ratio,
@@ -16,17 +16,16 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import length_drop  # noqa: E402
-import search  # noqa: E402
-import utils_squad  # noqa: E402
-from errors import UsageError  # noqa: E402
-from evaluation import DevEvaluator  # noqa: E402
-from flags import build_parser  # noqa: E402
-from loading import load_model, load_tokenizer  # noqa: E402
-from runtime import setup_runtime  # noqa: E402
-from settings import build_settings  # noqa: E402
+import length_drop
+import search
+import utils_squad
+from core.errors import UsageError
+from training.evaluation import DevEvaluator
+from training.flags import build_parser
+from training.loading import load_model, load_tokenizer
+from training.runtime import setup_runtime
+from training.settings import build_settings
 
 
 def front_configs(path: Path, pareto_only: bool) -> list[tuple[int, ...]]:

@@ -1,7 +1,7 @@
 """F1 against training steps, at full length and at each configuration tracked during training
 (``run_squad.py --track_length_configs``), from a run's ``eval_results.json``.
 
-    python bench/plot_training_curves.py OUTPUT_DIR/eval_results.json --output curves.png \\
+    python -m bench.plot_training_curves OUTPUT_DIR/eval_results.json --output curves.png \\
         [--parent_f1 68.47 --parent_label "step-1 parent"] [--parent_eval parent_eval.json] \\
         [--then STAGE2_DIR/eval_results.json ...]
 
@@ -26,9 +26,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import files  # noqa: E402
+from core import files
 
 
 FULL = "full length (padded eval)"

@@ -71,7 +71,7 @@ PY
 
 stage_students() {  # the teacher, the cut student, and the student fine-tuned without distillation
   stage_features || return 1
-  job cut python3 make_student.py --model_name_or_path "$MINILM" --layers 2,4,6 --output_dir "$OUT/student_init" || return 1
+  job cut python3 -m tools.make_student --model_name_or_path "$MINILM" --layers 2,4,6 --output_dir "$OUT/student_init" || return 1
   job teacher step1 --model_name_or_path "$MINILM" --output_dir "$OUT/teacher" &
   job student_finetuned step1 --model_name_or_path "$OUT/student_init" --output_dir "$OUT/student_finetuned" &
   wait
@@ -124,7 +124,7 @@ stage_search() {  # step 5 on the step-4 student, Optuna (no SigOpt token on the
 
 stage_score() {  # every model on the whole dev set: length sweeps, ablation points, the front
   local q=(); [[ -n $SCORE_QUESTIONS ]] && q=(--max_questions "$SCORE_QUESTIONS")
-  local ev=(python3 bench/evaluate_configs.py --dev_file "$SQUAD_DIR/dev-v1.1.json" --max_seq_length "$MAX_SEQ"
+  local ev=(python3 -m bench.evaluate_configs --dev_file "$SQUAD_DIR/dev-v1.1.json" --max_seq_length "$MAX_SEQ"
             --doc_stride "$STRIDE" --batch_size "$EVAL_BS" --cache_dir "$OUT/cache" $PRECISION "${q[@]}")
   mkdir -p "$OUT/scores"
   job score_sweeps "${ev[@]}" --model "$TEACHER" --model "$STEP3" --model "$OUT/step4/checkpoint-best" \

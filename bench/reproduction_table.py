@@ -1,7 +1,7 @@
 """Assemble the reproduction's table (docs/reproduction_results.json) and its plot from the
 files the GPU runs and the CPU speed benchmark left in docs/reproduction/.
 
-    python bench/reproduction_table.py --speed docs/reproduction/speed_cpu.json \\
+    python -m bench.reproduction_table --speed docs/reproduction/speed_cpu.json \\
         --speed-sweeps docs/reproduction/speed_cpu_sweeps.json
 
 Inputs (docs/reproduction/): training_runs.json (each run's best full-length dev score),
@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-import utils_squad  # noqa: E402
+import utils_squad
 
 DOCS = REPO_ROOT / "docs" / "reproduction"
 GPU = "1x NVIDIA H100 80GB, bf16 autocast (F1)"

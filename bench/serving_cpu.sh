@@ -44,12 +44,12 @@ for article in data:
         out.append({"title": article["title"], "paragraphs": paragraphs})
 json.dump({"version": "1.1", "data": out}, open(sys.argv[2], "w"))
 PY
-[[ -e $OUT/spaces/bench_spaces.json ]] || python bench/bench_spaces.py --model "$OUT/step4/checkpoint-last" \
+[[ -e $OUT/spaces/bench_spaces.json ]] || python -m bench.bench_spaces --model "$OUT/step4/checkpoint-last" \
   --dev_file "$OUT/heldout-train.json" --max_questions 300 --budget 12 --threads 2 --batch_size 32 \
   --output_dir "$OUT/spaces" --repeats 3
 
 # The serving table on the first 300 dev questions, at the configurations chosen from the searches.
-python bench/bench_serving.py --model "$OUT/step4/checkpoint-last" --dev_file "$SQUAD_DIR/dev-v1.1.json" \
+python -m bench.bench_serving --model "$OUT/step4/checkpoint-last" --dev_file "$SQUAD_DIR/dev-v1.1.json" \
   --max_questions 300 --config full --config 'rel:[0.99, 0.98, 0.97, 0.95, 0.81, 0.6]' \
   --config 'abs:[376, 345, 299, 267, 108, 97]' --backends torch,onnxruntime,int8 --threads 1,2 \
   --batch_sizes 1,32 --time_features 128 --time_features_batch1 32 --repeats 3 \

@@ -32,7 +32,7 @@ from .backends import BACKEND_TYPES, ConstantSweep, SearchBackend, backend_named
 from .cli import (  # noqa: F401
     add_search_args, length_space_of, parse_rates, resolve_backend, resolve_batching, space_from_args, study_name_of,
     validate_args)
-from .common import (  # noqa: F401
+from .space import (  # noqa: F401
     BACKENDS, BATCHINGS, CSV_COLUMNS, DEFAULT_RATES, FRONT_CSV, LENGTH_SPACES, META_JSON, OBJECTIVES, PLOT_PNG,
     RESULT_KEYS, RESULTS_CSV, SEARCH_FILES, SIGOPT_STATE_JSON, SUMMARY_JSON, SWEEP_FLOOR, EvaluateFn, LengthConfig,
     SearchSpace, Units, sweep_config)
@@ -41,7 +41,7 @@ from .evolution import EvolutionSearch, run_evolution  # noqa: F401
 from .front import finalize_outputs, format_front_table, pareto_flags, write_plot  # noqa: F401
 from .optuna_backend import run_optuna  # noqa: F401
 from .runner import run_search_from_args  # noqa: F401
-from .shared import SharedRows, StudyRows  # noqa: F401
+from .study_rows import SharedRows, StudyRows  # noqa: F401
 from .sigopt_backend import SigOptError, SigOptSession, run_sigopt  # noqa: F401
 from .store import ResultStore, file_lock, prepare_results_folder, search_fingerprint  # noqa: F401
-from errors import StoreError  # noqa: F401,E402  (caught by callers as search.StoreError)
+from core.errors import StoreError  # noqa: F401,E402  (caught by callers as search.StoreError)

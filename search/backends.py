@@ -5,11 +5,11 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 
-from .common import BACKENDS
+from .space import BACKENDS
 from .evaluator import Evaluator
 from .evolution import run_evolution
 from .optuna_backend import open_study, run_optuna
-from .shared import SharedRows
+from .study_rows import SharedRows
 from .sigopt_backend import ObservationRows, run_sigopt
 
 

@@ -6,9 +6,9 @@ import logging
 import os
 
 
-from errors import UsageError
+from core.errors import UsageError
 
-from .common import BACKENDS, BATCHINGS, DEFAULT_RATES, LENGTH_SPACES, OBJECTIVES, SearchSpace
+from .space import BACKENDS, BATCHINGS, DEFAULT_RATES, LENGTH_SPACES, OBJECTIVES, SearchSpace
 
 logger = logging.getLogger("search")
 

@@ -3,7 +3,7 @@
     python -m search.collect --search_storage postgresql://user:pw@host/db \
         --search_study_name NAME --output_dir DIR [--search_menu PATH] [--search_restart]
 
-The study holds every worker's rows (``search.shared``), what they were measured on and the
+The study holds every worker's rows (``search.study_rows``), what they were measured on and the
 search's settings, so no model is needed: DIR gets search_results.csv (every row once),
 pareto_front.csv, pareto.png, search_summary.json, search_results.meta.json, and the length menu
 (``--search_menu``, default DIR/length_configs.json; copy it into the model folder for
@@ -16,13 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-import length_menu
-from errors import PROJECT_ERRORS, UsageError, exit_code
+from search import menu as length_menu
+from core.errors import PROJECT_ERRORS, UsageError, exit_code
 
-from .common import RESULTS_CSV
+from .space import RESULTS_CSV
 from .front import finalize_outputs, format_front_table
 from .optuna_backend import open_storage
-from .shared import MEASURED_ON_ATTR, SEARCH_ATTR, StudyRows, space_of
+from .study_rows import MEASURED_ON_ATTR, SEARCH_ATTR, StudyRows, space_of
 from .store import ResultStore, prepare_results_folder
 
 logger = logging.getLogger("search")

@@ -8,10 +8,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from errors import DiskFullError, StoreError, UsageError
-from files import is_disk_full
+from core.errors import DiskFullError, StoreError, UsageError
+from core.files import is_disk_full
 
-from .common import EvaluateFn, LengthConfig, RESULT_KEYS, SearchSpace, sweep_config
+from .space import EvaluateFn, LengthConfig, RESULT_KEYS, SearchSpace, sweep_config
 from .store import ResultStore
 
 logger = logging.getLogger("search")

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 import length_drop
 
-from .common import SearchSpace, Units
+from .space import SearchSpace, Units
 from .evaluator import BudgetExhausted, Evaluator, FATAL_ERRORS
 from .front import pareto_flags
 

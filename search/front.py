@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 
-from files import atomic_path, atomic_write_text
+from core.files import atomic_path, atomic_write_text
 
-from .common import CSV_COLUMNS, FRONT_CSV, PLOT_PNG, SUMMARY_JSON, SearchSpace, sweep_config
+from .space import CSV_COLUMNS, FRONT_CSV, PLOT_PNG, SUMMARY_JSON, SearchSpace, sweep_config
 from .store import ResultStore, _rows_to_csv_text
 from .evaluator import compute_of
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from errors import UsageError
+from core.errors import UsageError
 
-from .common import SearchSpace, Units
+from .space import SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
-from .shared import StudyRows
+from .study_rows import StudyRows
 
 logger = logging.getLogger("search")
 

@@ -7,16 +7,16 @@ import logging
 from pathlib import Path
 
 
-from errors import DiskFullError
-from files import is_disk_full
+from core.errors import DiskFullError
+from core.files import is_disk_full
 
-from .common import EvaluateFn, RESULTS_CSV, SearchSpace
+from .space import EvaluateFn, RESULTS_CSV, SearchSpace
 from .cli import parse_rates, resolve_backend, resolve_batching, space_from_args, validate_args
 from .store import ResultStore, prepare_results_folder, search_fingerprint
 from .evaluator import Evaluator, FATAL_ERRORS, run_baselines
 from .front import finalize_outputs, format_front_table
 from .backends import backend_named
-from .shared import search_description
+from .study_rows import search_description
 from .sigopt_backend import SigOptError
 
 logger = logging.getLogger("search")

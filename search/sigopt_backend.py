@@ -10,13 +10,13 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from errors import SearchBackendError, UsageError
-from files import atomic_write_text
+from core.errors import SearchBackendError, UsageError
+from core.files import atomic_write_text
 
-from .common import SIGOPT_STATE_JSON, SearchSpace, Units
+from .space import SIGOPT_STATE_JSON, SearchSpace, Units
 from .cli import study_name_of
 from .evaluator import Evaluator, FATAL_ERRORS
-from .shared import SharedRows
+from .study_rows import SharedRows
 from .store import _parse_csv_row
 
 logger = logging.getLogger("search")

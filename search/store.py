@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 
-from errors import UsageError
-from files import atomic_write_text
+from core.errors import UsageError
+from core.files import atomic_write_text
 from length_drop import check_length_config, is_relative
 
-from .common import CSV_COLUMNS, LengthConfig, META_JSON, RESULTS_CSV, SEARCH_FILES, SearchSpace
+from .space import CSV_COLUMNS, LengthConfig, META_JSON, RESULTS_CSV, SEARCH_FILES, SearchSpace
 
 logger = logging.getLogger("search")
 
@@ -104,7 +104,7 @@ class ResultStore:
     read and write holds ``file_lock``, and each write first merges the rows others appended.
     ``space``, when given, is what every stored configuration must fit.
 
-    ``shared`` (``search.shared.SharedRows``): the rows of workers on other machines (an Optuna
+    ``shared`` (``search.study_rows.SharedRows``): the rows of workers on other machines (an Optuna
     study). Each sync merges them into the file, where they count as measured; its version of a
     configuration wins over this folder's; each new row is stored there after the file.
     """

@@ -1,10 +1,4 @@
 import os
-import sys
-from pathlib import Path
-
-# The project's modules live at the repository's top level, as in the reference code.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n N` runs N workers: one thread each (and in the scripts they start), so the workers

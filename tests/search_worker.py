@@ -1,4 +1,5 @@
-"""One search worker process for the shared-study tests: ``python search_worker.py SPEC.json``.
+"""One search worker process for the shared-study tests: ``python search_worker.py SPEC.json``, with
+``helpers.subprocess_env()``.
 
 SPEC: ``argv`` (the search flags), ``output_dir``, ``log`` (each configuration this worker measured
 is appended there as a JSON line once measured), ``sleep`` (seconds per evaluation, so that a
@@ -13,11 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import search  # noqa: E402
-from test_search import SyntheticTask, make_args  # noqa: E402
+import search
+from search_helpers import SyntheticTask, make_args
 
 NUM_LAYERS, MAX_LENGTH = 3, 30
 MEASURED_ON = {"weights_sha256": "w" * 64, "predict_file_sha256": "d" * 64}

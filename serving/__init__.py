@@ -1,0 +1,1 @@
+"""The serving side: answering questions with a trained model."""

@@ -1,0 +1,254 @@
+"""Answer questions with a trained model: the user-facing inference API (``inference.py`` is its
+command line and re-exports it: ``from inference import QuestionAnswerer``).
+
+    qa = QuestionAnswerer.from_pretrained("output/step3", length_config=[260, 220, 180, 140, 100, 60])
+    qa.answer("Who wrote it?", context)     # {"answer", "score", "start", "end"}
+    qa.answer_batch([(question, context), ...])
+    qa = QuestionAnswerer.from_pretrained("output/step4", speedup=2.0)   # from the model's length menu
+
+``speedup=X`` / ``max_f1_drop=D`` (``--speedup``, ``--max_f1_drop``) choose a configuration from the
+menu the search stored with the checkpoint (``length_menu.py``): the most accurate one at least X
+times faster than full length, or the fastest within D F1 points of it.
+
+Contexts longer than ``max_seq_length`` are cut into the training windows
+(``utils_squad.convert_examples_to_features``); answers are chosen by the evaluation's n-best rules
+(``postprocess.postprocess_predictions``). Features are sorted by length and each batch is padded
+only to its longest feature: significance ignores padding, so real tokens' logits are those of
+padding to ``max_seq_length``; positions past a batch's width get -inf (never an answer).
+
+The evaluation (``run_squad.py --do_eval``) pads every feature to ``max_seq_length`` and, as the
+reference, ranks padding positions' logits in each window's top ``n_best_size`` too, where they can
+push real tokens out (a random model even answers "empty"). So answers equal ``--do_eval``'s
+wherever no padding logit ranks there; ``pad_to_max_length=True`` (``--pad_to_max_length``) pads
+every batch to ``max_seq_length`` and reproduces ``--do_eval``'s predictions exactly.
+
+Logits come from a logits provider: the PyTorch model (``TorchLogits``) or an exported ONNX file
+run by ONNX Runtime (``ort_backend.OrtLogits``); batching, windows and answers are the same.
+``--int8`` runs ONNX Runtime's dynamic quantisation of the exported model (with the torch
+backend the model is exported into a cache folder first, ``onnx_cache``).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from training import evaluation
+from core import files
+from search import menu as length_menu
+from serving.onnx import export as onnx_export
+from serving.onnx import backend as ort_backend
+from core import postprocess
+import utils_squad
+from serving.settings import (WINDOW_DEFAULTS, check_backend, check_text, checked_length_config,
+                             read_model_config, window_settings)
+from training.checkpoints import weights_sha256
+from core.errors import UsageError
+from training.loading import load_model_checked, load_tokenizer
+from serving.onnx.metadata import Int8Settings
+from training.settings import WINDOW_FLAGS, check_threads, check_window_flags
+
+PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
+
+
+def set_threads(threads) -> None:
+    """torch's threads (ONNX Runtime's are set per session from the same number)."""
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+class LogitsProvider(Protocol):
+    """What ``QuestionAnswerer`` gets its logits from: one batch of features (int64 ``[B, W]``,
+    padded to its longest) -> start and end logits, float32 numpy ``[B, W]``."""
+
+    length_config: tuple | None
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchLogits:
+    """The PyTorch model at a length configuration, as a logits provider."""
+
+    def __init__(self, model, length_config=None, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.length_config = length_config
+
+    @torch.no_grad()
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                         token_type_ids=token_type_ids.to(self.device), length_config=self.length_config)
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+
+class QuestionAnswerer:
+    """A logits provider (the PyTorch model, or an ONNX file run by ONNX Runtime), its tokenizer
+    and the windowing/n-best settings; answers (question, context) pairs."""
+
+    def __init__(self, model, tokenizer, length_config=None, max_seq_length=384, doc_stride=128,
+                 max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32, device="cpu",
+                 pad_to_max_length=False):
+        """``model``: a ``modeling_bert.BertForQuestionAnswering`` (run at ``length_config`` on
+        ``device``) or any ``LogitsProvider`` (which brings its own length configuration)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"--batch_size must be an integer of at least 1, got {batch_size!r}")
+        metadata = getattr(model, "metadata", None)  # an OrtLogits' file records the model's shape
+        positions = (model.config.max_position_embeddings if isinstance(model, torch.nn.Module)
+                     else getattr(metadata, "max_position_embeddings", None))
+        check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, positions)
+        self.tokenizer = tokenizer
+        self.max_seq_length, self.doc_stride, self.max_query_length = max_seq_length, doc_stride, max_query_length
+        self.n_best_size, self.max_answer_length, self.batch_size = n_best_size, max_answer_length, batch_size
+        self.pad_to_max_length = pad_to_max_length
+        if isinstance(model, torch.nn.Module):
+            self.length_config = checked_length_config(length_config, model.config.num_hidden_layers, max_seq_length)
+            self.provider = TorchLogits(model, self.length_config, device)
+            self.model = self.provider.model
+        else:
+            if length_config is not None:
+                raise UsageError("a logits provider brings its own length configuration; give none")
+            self.provider, self.model, self.length_config = model, None, model.length_config
+            ort_backend.check_onnx_padding(self.length_config, pad_to_max_length)
+        self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
+
+    @classmethod
+    def from_pretrained(cls, folder, length_config=None, max_seq_length=None, doc_stride=None,
+                        max_query_length=None, n_best_size=20, max_answer_length=30, batch_size=32,
+                        device="cpu", threads=None, pad_to_max_length=False, *, backend="torch",
+                        onnx_path=None, int8=False, int8_settings: Int8Settings = Int8Settings(),
+                        cache_dir=None, speedup=None, max_f1_drop=None, menu=None) -> "QuestionAnswerer":
+        """The folder gives the tokenizer and model config. ``backend="torch"`` runs its weights
+        (``int8=True``: an int8 ONNX Runtime copy, exported into ``cache_dir``, see
+        ``onnx_cache``); ``backend="onnxruntime"`` runs the ONNX file ``onnx_path``
+        (``int8=True`` quantises a float32 file into ``cache_dir`` first).
+        ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
+        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``). Window
+        settings left None are the model's own (``window_settings``)."""
+        set_threads(threads)
+        check_backend(backend, onnx_path, int8, device)
+        config = read_model_config(folder)  # wrong settings are said before any weights load
+        max_seq_length, doc_stride, max_query_length = window_settings(
+            folder, max_seq_length, doc_stride, max_query_length).values()
+        check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
+                           config.get("max_position_embeddings"))
+        layers = config["num_hidden_layers"]
+        length_config = checked_length_config(length_config, layers, max_seq_length)
+        choice = length_menu.pick(folder, layers, length_config, speedup, max_f1_drop, menu)
+        if choice is not None:
+            length_config = length_menu.choice_config(choice, layers, max_seq_length)
+        if backend == "onnxruntime" or int8:
+            ort_backend.check_onnx_padding(length_config, pad_to_max_length)
+        tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+        settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
+        if backend == "torch" and not int8:
+            model = load_model_checked(str(folder), "--model")
+            if choice is not None:
+                length_menu.check_choice_fits(choice, weights_sha256(model), max_seq_length, doc_stride,
+                                              max_query_length, batch_size)
+            qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
+        else:
+            weights = ort_backend.folder_weights_sha256(folder)  # what every ONNX file is checked against
+            if choice is not None:  # before any export: a menu of other weights is refused on every backend
+                length_menu.check_choice_fits(choice, weights, max_seq_length, doc_stride, max_query_length,
+                                              batch_size)
+            provider = ort_backend.onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings,
+                                                 threads, cache_dir, weights)
+            qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
+        qa.menu_choice = choice
+        return qa
+
+    # ---- features and logits -------------------------------------------------------------------
+
+    def features(self, examples):
+        return utils_squad.convert_examples_to_features(
+            examples, self.tokenizer, self.max_seq_length, self.doc_stride, self.max_query_length,
+            is_training=False)
+
+    def logits(self, features, progress: bool = False):
+        """Start/end logits [N, max_seq_length] in the features' order. Features are run longest
+        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT
+        (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
+        configurations on)."""
+        out = evaluation.sorted_batch_logits(self.provider, features, self.batch_size, self.pad_to_max_length,
+                                             progress)
+        return out.starts, out.ends
+
+    # ---- answers ------------------------------------------------------------------------------
+
+    def predict(self, examples, progress: bool = False):
+        """(predictions {qas_id: text}, nbest {qas_id: [entries with start/end offsets]})."""
+        features = self.features(examples)
+        starts, ends = self.logits(features, progress)
+        return postprocess.postprocess_predictions(examples, features, starts, ends, self.n_best_size,
+                                                   self.max_answer_length, with_offsets=True)
+
+    def answer_batch(self, pairs) -> list[dict]:
+        """[{"answer", "score", "start", "end"}] for (question, context) pairs (tuples or lists of
+        two strings); context[start:end] is the answer (an empty answer at 0 when no span is valid)."""
+        if isinstance(pairs, (str, bytes, dict)):
+            raise UsageError(f"answer_batch takes a list of (question, context) pairs, got {type(pairs).__name__}")
+        examples = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise UsageError(f"pair {i}: expected a (question, context) pair of two strings, got "
+                                 f"{type(pair).__name__}" + (f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""))
+            question, context = pair
+            for name, text in (("question", question), ("context", context)):
+                check_text(text, f"pair {i}", name)
+            examples.append(utils_squad.SquadExample(str(i), "", question, context, []))
+        if not examples:
+            return []
+        _, nbest = self.predict(examples)
+        return [postprocess.best_answer(nbest[example.qas_id]) for example in examples]
+
+    def answer(self, question: str, context: str) -> dict:
+        return self.answer_batch([(question, context)])[0]
+
+
+def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, threads=None, cache_dir=None,
+                           int8_settings: Int8Settings = Int8Settings(), **settings) -> "QuestionAnswerer":
+    """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
+    exported (and quantised) into ``cache_dir`` (default: a temporary folder) unless already
+    there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
+    set_threads(threads)
+    config = read_model_config(folder)
+    windows = {name: settings.pop(name, None) for name in WINDOW_DEFAULTS}
+    settings.update(window_settings(folder, **windows))
+    defaults = inspect.signature(QuestionAnswerer.__init__).parameters
+    window = [settings.get(name, defaults[name].default) for name in WINDOW_FLAGS]
+    check_window_flags(*window, config.get("max_position_embeddings"))
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], settings["max_seq_length"])
+    ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
+    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
+                                         ort_backend.folder_weights_sha256(folder))
+    tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    return QuestionAnswerer(provider, tokenizer, **settings)
+
+
+def export_model(folder, path, length_config=None, max_seq_length=None, int8=False,
+                 int8_settings: Int8Settings = Int8Settings(), menu_choice=None):
+    """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
+    (float32, or int8 with ``int8``). ``menu_choice``: the ``length_menu.Choice`` the
+    configuration came from (its menu must describe these weights). Returns the file's metadata."""
+    config = read_model_config(folder)
+    max_seq_length = window_settings(folder, max_seq_length)["max_seq_length"]
+    check_window_flags(max_seq_length, 1, 1, 1, 1)
+    length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
+    files.check_output_file(path, "--export_onnx")
+    model = load_model_checked(str(folder), "--model")
+    if menu_choice is not None:
+        length_menu.check_menu_weights(menu_choice.menu, weights_sha256(model))
+
+    def write():
+        if not int8:
+            return onnx_export.export_onnx(model, path, length_config)
+        with files.temporary_beside(path, ".fp32.onnx") as fp32:  # the float32 export, quantised into path
+            onnx_export.export_onnx(model, fp32, length_config)
+            return onnx_export.quantize_int8(fp32, path, int8_settings)
+    return files.writing(Path(path).absolute().parent, f"--export_onnx {path}", write)

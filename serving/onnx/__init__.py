@@ -1,0 +1,1 @@
+"""ONNX export, file metadata, int8, ONNX Runtime sessions and the export cache."""

@@ -1,0 +1,136 @@
+"""One answer from an exported ONNX file with tokenizers, ONNX Runtime and numpy alone.
+
+``inference.py --backend onnxruntime --onnx FILE --question Q --context C`` takes this path: it
+imports neither torch nor transformers, which take most of the PyTorch path's start (docs/onnx.md,
+"One answer from the command line"). The answer is ``QuestionAnswerer.answer``'s: the same
+windows (``windows.encode_windows`` on the folder's ``tokenizer.json``), the same batches
+(``windows.batch_plan``), the same ONNX Runtime session (``ort_backend.OrtLogits``) and the same
+n-best rules (``postprocess``).
+
+``answer`` returns None where this path cannot vouch for that, and the caller takes the full
+path: no ``tokenizer.json`` or pad token, a tokenizer that does not lower-case (the full path
+warns), or weights that are not a ``model.safetensors`` whose hash is the file's
+``weights_sha256`` (the full path loads them and says what differs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.onnx import backend as ort_backend
+from core import postprocess
+from core import windows
+from serving.settings import read_model_config
+from training.settings import check_window_flags
+
+# safetensors dtype codes -> the names checkpoints.weights_sha256 hashes (str of a torch dtype)
+TORCH_DTYPE_NAMES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16",
+                     "BF16": "torch.bfloat16", "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16",
+                     "I8": "torch.int8", "U8": "torch.uint8", "BOOL": "torch.bool"}
+
+
+def safetensors_weights_sha256(path) -> str | None:
+    """``checkpoints.weights_sha256`` of a model whose state dict is exactly this safetensors
+    file (names, dtypes, shapes, bytes, in name order), read without torch; None for a dtype it
+    does not know. Equal to the file's ``weights_sha256`` only when the export held these weights."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + size])
+        header.pop("__metadata__", None)
+        digest = hashlib.sha256()
+        for name in sorted(header):
+            entry = header[name]
+            dtype = TORCH_DTYPE_NAMES.get(entry["dtype"])
+            if dtype is None:
+                return None
+            begin, end = entry["data_offsets"]
+            digest.update(f"{name}|{dtype}|{tuple(entry['shape'])}|".encode("utf-8"))
+            digest.update(data[8 + size + begin:8 + size + end])
+    return digest.hexdigest()
+
+
+def pad_token_id(folder: Path, backend) -> int | None:
+    """The id of ``tokenizer_config.json``'s pad token (what transformers pads with), or None."""
+    try:
+        token = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("pad_token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(token, dict):  # an AddedToken written out
+        token = token.get("content")
+    return backend.token_to_id(token) if isinstance(token, str) else None
+
+
+def load_backend(folder: Path):
+    """The folder's ``tokenizer.json`` and its pad id, or None when this path cannot use them."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception:  # the full path says what is wrong with it
+        return None
+    normalizer = json.loads(backend.to_str()).get("normalizer")
+    pad_id = pad_token_id(folder, backend)
+    if not windows.normalizer_lowercases(normalizer) or pad_id is None:
+        return None
+    return backend, pad_id
+
+
+@dataclass
+class Windows:
+    """What ``postprocess.postprocess_predictions`` reads of features."""
+
+    example_index: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def context_offsets(self):
+        return self.starts, self.ends
+
+
+@dataclass
+class Question:
+    """What ``postprocess.postprocess_predictions`` reads of an example."""
+
+    qas_id: str
+    context: str
+
+
+def answer(folder, onnx_path, question: str, context: str, *, max_seq_length: int, doc_stride: int,
+           max_query_length: int, n_best_size: int = 20, max_answer_length: int = 30, batch_size: int = 32,
+           threads: int | None = None) -> dict | None:
+    """``{"answer", "score", "start", "end"}`` as ``QuestionAnswerer.answer`` gives it for the
+    ONNX file ``onnx_path`` paired with the model folder ``folder`` (flags already checked), or
+    None when the full path must answer (module docstring)."""
+    folder = Path(folder)
+    config = read_model_config(folder)
+    weights = folder / "model.safetensors"
+    loaded = load_backend(folder)
+    if loaded is None or not weights.is_file():
+        return None
+    backend, pad_id = loaded
+    provider = ort_backend.OrtLogits(onnx_path, threads)
+    ort_backend.check_matches_model(provider.metadata, config, onnx_path)  # the shape; the weights below
+    if safetensors_weights_sha256(weights) != provider.metadata.weights_sha256:
+        return None
+    check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
+                       provider.metadata.max_position_embeddings)
+    features = windows.encode_windows(backend, [question], [context], max_seq_length, doc_stride,
+                                      max_query_length, pad_id)
+    starts = np.full(features["input_ids"].shape, windows.PAD_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, windows.PAD_LOGIT)
+    for index, width in windows.batch_plan(features["attention_mask"].sum(1), max_seq_length, batch_size):
+        batch = (features[name][index, :width] for name in ("input_ids", "attention_mask", "token_type_ids"))
+        starts[index, :width], ends[index, :width] = provider(*batch)
+    _, nbest = postprocess.postprocess_predictions(
+        [Question("0", context)], Windows(features["example_index"], features["starts"], features["ends"]),
+        starts, ends, n_best_size, max_answer_length, with_offsets=True)
+    return postprocess.best_answer(nbest["0"])

@@ -1,0 +1,51 @@
+"""The benchmarks' own arithmetic: paired F1 differences (bench_serving) and training curves
+(plot_training_curves), against hand-computed values."""
+import math
+
+import pytest
+
+from bench import bench_serving, plot_training_curves
+
+
+def test_paired_f1_difference_by_hand():
+    got = bench_serving.paired_f1_difference([100.0, 0.0, 50.0, 80.0], [100.0, 100.0, 50.0, 40.0])
+    diffs = [0.0, -100.0, 0.0, 40.0]  # mean -15
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert got["f1_diff"] == pytest.approx(-15.0)
+    assert got["f1_diff_ci95"] == pytest.approx(1.96 * sd / 2)
+    assert got["relative_f1_loss"] == pytest.approx(15.0 / 72.5)
+    assert got["questions_changed"] == 2
+
+
+def test_training_curves_from_eval_history():
+    def entry(step, f1, tracked):
+        return {"step": step, "f1": f1, "tracked": [
+            {"length_config": c, "f1": v, "macs_ratio": r} for c, v, r in tracked]}
+    history = [{"step": None, "f1": 1.0},  # a --do_eval entry without a step is not a training point
+               entry(75, 64.3, [([1.0, 0.9], 58.9, 1.25)]),
+               entry(150, 65.2, [([1.0, 0.9], 59.8, 1.25)])]
+    steps, lines, ratios = plot_training_curves.curves(history)
+    assert steps == [75, 150]
+    assert lines == {"full length (padded eval)": [64.3, 65.2], "[1, 0.9]": [58.9, 59.8]}
+    assert ratios["[1, 0.9]"] == 1.25
+
+
+def test_parent_levels_match_curves_by_configuration():
+    rows = [{"length_config": None, "f1": 66.99}, {"length_config": [1.0, 0.9], "f1": 62.83},
+            {"length_config": [1.0, 0.8], "f1": 52.16}]  # the last is not a curve: left out
+    names = {"full length (padded eval)": [], "[1, 0.9]": []}
+    assert plot_training_curves.parent_levels(rows, names) == {"full length (padded eval)": 66.99,
+                                                               "[1, 0.9]": 62.83}
+
+
+def test_later_stages_continue_the_steps_of_the_stage_before():
+    first = [{"step": None, "f1": 1.0}, {"step": 75, "f1": 64.3}, {"step": 450, "f1": 66.6}]
+    second = [{"step": 75, "f1": 64.2}, {"step": 150, "f1": 65.0}]
+    third = [{"step": 50, "f1": 65.5}]
+    entries, boundaries = plot_training_curves.chained([first, second, third])
+    assert [e["step"] for e in entries] == [75, 450, 525, 600, 650]
+    assert [e["f1"] for e in entries] == [64.3, 66.6, 64.2, 65.0, 65.5]
+    assert boundaries == [450, 600]
+    assert second[0]["step"] == 75  # the stages' own entries are left as they were
+    assert plot_training_curves.chained([first]) == ([first[1], first[2]], [])

@@ -1,0 +1,1 @@
+"""Tools: cut students out of checkpoints; tiny models for tests, quickstart and bench."""

@@ -1,0 +1,1 @@
+"""The training side: steps 1-4 of the paper."""

@@ -1,0 +1,162 @@
+"""Checkpoints that survive a crash: written aside, then swapped into place by renames; the
+training state (optimizer, scheduler, every RNG) that makes a resumed run equal an
+uninterrupted one."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import files
+from core.errors import DiskFullError
+from training.settings import TRAINING_STATE  # noqa: F401  (the file name, re-exported)
+
+CHECKPOINT_INFO = "checkpoint_info.json"  # the step a checkpoint was saved at, and the best F1 then
+
+logger = logging.getLogger("run_squad")
+
+
+def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of a model: what a
+    search's rows and a length menu were measured on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def keeps_training_state(retention: str, name: str) -> bool:
+    """Whether checkpoint ``name`` keeps ``training_state.pt`` under ``--save_training_state``:
+    ``resume`` the checkpoints a run is resumed from (checkpoint-last, checkpoint-N) but not
+    checkpoint-best, a model to use; ``all`` every checkpoint; ``none`` none. The optimizer's
+    moments are twice the model's size."""
+    return retention == "all" or (retention == "resume" and name != "checkpoint-best")
+
+
+def save_checkpoint(folder: Path, model, tokenizer, training_args: dict,
+                    training_state: dict | None = None, keep_training_state: bool = True) -> None:
+    """Write a Hugging Face checkpoint into a temporary folder, then swap it in by renames, so a
+    crash never leaves a broken checkpoint at ``folder`` (``recover_checkpoints`` finishes a swap
+    cut short). A failed write leaves nothing behind; a full disk is said as such. With a
+    ``training_state``, its step and best F1 go into ``checkpoint_info.json`` and, if
+    ``keep_training_state``, the whole state into ``training_state.pt``. Files get the mode the
+    umask gives (transformers writes its weights 0600)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        unwrap(model).save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        files.atomic_write_json(tmp / "training_args.json", training_args)
+        if training_state is not None:
+            files.atomic_write_json(tmp / CHECKPOINT_INFO, {k: training_state[k] for k in ("global_step", "best_f1")})
+            if keep_training_state:
+                torch.save(training_state, tmp / TRAINING_STATE)
+        files.follow_umask(tmp)
+    except BaseException as err:
+        disk_full = files.is_disk_full(err, folder.parent)  # before the partial copy is freed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full:
+            kept = f"the previous {folder.name} is kept" if folder.exists() else f"no {folder.name} was written"
+            raise DiskFullError(f"no space left on {folder.parent} while writing {folder.name}; "
+                                            f"{kept}") from err
+        raise
+    swap_into_place(tmp, folder, old)
+
+
+def swap_into_place(tmp: Path, folder: Path, old: Path) -> None:
+    if folder.exists():
+        os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+HIDDEN_CHECKPOINT = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_checkpoints(folder: Path) -> None:
+    """Finish or undo the checkpoint swaps of processes that died in ``save_checkpoint``.
+
+    A kill between its two renames leaves no ``checkpoint-X`` but ``.checkpoint-X.old-PID`` (the
+    previous copy) and ``.checkpoint-X.tmp-PID`` (the new one, complete: the old copy is moved
+    aside only after it was written): the new copy is moved into place. Every other leftover is
+    an unfinished write or an already replaced copy, and is deleted."""
+    if not folder.is_dir():
+        return
+    leftovers = defaultdict(dict)
+    for path in folder.iterdir():
+        match = HIDDEN_CHECKPOINT.match(path.name)
+        if match and path.is_dir() and not _process_alive(int(match["pid"])):
+            leftovers[(match["name"], match["pid"])][match["kind"]] = path
+    for (name, _), paths in sorted(leftovers.items()):
+        target = folder / name
+        # Several processes (torchrun ranks) may recover at once: a vanished path is fine.
+        with contextlib.suppress(FileNotFoundError):
+            if not target.exists() and "old" in paths:
+                os.replace(paths.get("tmp", paths["old"]), target)
+                logger.warning("recovered %s from an interrupted checkpoint save", target)
+        for path in paths.values():
+            if path.exists():
+                logger.warning("removing %s, left by an interrupted checkpoint save", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_state(sandwich_rng: random.Random) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(map(_jsonable, random.getstate())),
+             "sandwich": list(map(_jsonable, sandwich_rng.getstate())),
+             "numpy": [torch.from_numpy(np.random.get_state()[1].astype(np.int64))]
+             + [float(x) if isinstance(x, float) else int(x) for x in np.random.get_state()[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _jsonable(x):
+    return list(x) if isinstance(x, tuple) else x
+
+
+def restore_rng_state(state: dict, sandwich_rng: random.Random) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    sandwich_rng.setstate((state["sandwich"][0], tuple(state["sandwich"][1]), state["sandwich"][2]))
+    keys = state["numpy"][0].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, *state["numpy"][1:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

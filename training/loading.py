@@ -1,0 +1,158 @@
+"""Loading what a run works on: tokenizer, student and teacher models, SQuAD features."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from training import distillation
+import utils_squad
+from core.errors import UsageError
+from modeling_bert import BertForQuestionAnswering
+from training.runtime import Runtime
+from training.settings import DataSettings, ModelSettings, ObjectiveSettings, first_line, writable
+
+LOADING_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
+logger = logging.getLogger("loading")
+
+
+def load_tokenizer(settings: ModelSettings):
+    from transformers import AutoTokenizer
+
+    name = settings.tokenizer_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except LOADING_ERRORS as e:
+        raise UsageError(f"{name}: cannot load the tokenizer ({first_line(e)})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"{name}: a fast tokenizer (tokenizer.json or vocab.txt) is needed for offsets")
+    utils_squad.check_lower_case(tokenizer, settings.do_lower_case)
+    return tokenizer
+
+
+def checkpoint_has_fit_dense(folder: str) -> bool:
+    """Whether the checkpoint's weights include TinyBERT's ``fit_dense`` projection."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+    elif (folder / "pytorch_model.bin").is_file():
+        keys = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True).keys()
+    else:
+        return False
+    return any("fit_dense" in key for key in keys)
+
+
+def load_model(path: str, config_name: str | None = None, **config_overrides) -> BertForQuestionAnswering:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(config_name or path)
+    for key, value in config_overrides.items():  # transformers 5 drops unknown config kwargs
+        setattr(config, key, value)
+    # float32 master weights whatever the checkpoint's storage dtype: transformers 5 otherwise
+    # loads a bf16/fp16 checkpoint in that dtype, and AdamW would then update half-precision
+    # weights (speed comes from --bf16/--fp16 autocast instead).
+    with transformers_quiet():
+        model, info = BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32,
+                                                               output_loading_info=True)
+    if info["missing_keys"]:
+        logger.warning("%s: %s not in the checkpoint, initialised at random (expected when starting from "
+                       "a model without a QA head: training learns them)", path, ", ".join(sorted(info["missing_keys"])))
+    return model
+
+
+@contextlib.contextmanager
+def transformers_quiet():
+    """transformers' own load report (a coloured table) off: the one line above says what matters."""
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logger.setLevel(level)
+
+
+def load_model_checked(path: str, flag: str, *args, **kwargs) -> BertForQuestionAnswering:
+    """``load_model``, with any failure to read the folder as one line naming it."""
+    try:
+        return load_model(path, *args, **kwargs)
+    except LOADING_ERRORS as e:
+        raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
+
+
+def load_student_and_teacher(settings: ModelSettings, objective: ObjectiveSettings, tokenizer,
+                             runtime: Runtime):
+    teacher = None
+    overrides = {}
+    if settings.teacher_model_name_or_path:
+        teacher = load_model_checked(settings.teacher_model_name_or_path,
+                                     "--teacher_model_name_or_path").to(runtime.device).eval()
+        teacher.requires_grad_(False)
+        check_same_vocabulary(settings, tokenizer, teacher)
+        if objective.state_loss_ratio > 0:
+            # TinyBERT maps student hidden states to the teacher's width with fit_dense.
+            from transformers import AutoConfig
+            student_config = AutoConfig.from_pretrained(settings.config_name or settings.model_name_or_path)
+            if (student_config.hidden_size != teacher.config.hidden_size
+                    or checkpoint_has_fit_dense(settings.model_name_or_path)):
+                overrides["fit_size"] = teacher.config.hidden_size
+    student = load_model_checked(settings.student_path, settings.student_flag, settings.config_name,
+                                 **overrides).to(runtime.device)
+    if teacher is not None:
+        check_teacher_fits(objective, student, teacher)
+    return student, teacher
+
+
+def check_teacher_fits(objective: ObjectiveSettings, student, teacher) -> None:
+    """Intermediate-layer distillation needs matching layer counts and head counts."""
+    if objective.state_loss_ratio > 0 or objective.att_loss_ratio > 0:
+        distillation.layers_per_block(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    if objective.att_loss_ratio > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise UsageError(f"attention distillation needs equal head counts: student "
+                         f"{student.config.num_attention_heads}, teacher {teacher.config.num_attention_heads}")
+
+
+def check_same_vocabulary(settings: ModelSettings, tokenizer, teacher) -> None:
+    from transformers import AutoTokenizer
+
+    teacher_dir = Path(settings.teacher_model_name_or_path)
+    has_tokenizer = any((teacher_dir / n).is_file() for n in ("tokenizer.json", "vocab.txt"))
+    if has_tokenizer:
+        teacher_tok = AutoTokenizer.from_pretrained(str(teacher_dir))
+        same = utils_squad.tokenizer_fingerprint(teacher_tok) == utils_squad.tokenizer_fingerprint(tokenizer)
+    else:
+        same = teacher.config.vocab_size == len(tokenizer)
+    if not same:
+        raise UsageError(f"teacher {teacher_dir} and student {settings.model_name_or_path} use different "
+                         "vocabularies; distillation needs the same tokenizer")
+
+
+def feature_cache_dir(settings: DataSettings) -> Path:
+    """--cache_dir; else the data folder, as the reference, unless it is marked read-only (checked
+    on the mode bits: root may write anywhere, but a shared read-only data folder must stay clean);
+    else <output_dir>/cached_features."""
+    if settings.cache_dir:
+        return Path(settings.cache_dir)
+    if settings.data_dir and writable(Path(settings.data_dir)):
+        return Path(settings.data_dir)
+    return Path(settings.output_dir) / "cached_features"
+
+
+def load_features(settings: DataSettings, tokenizer, runtime: Runtime, is_training: bool,
+                  max_questions: int | None):
+    # Rank 0 builds the cache first; the other ranks then read it.
+    if not runtime.is_main:
+        runtime.barrier()
+    result = utils_squad.load_or_build_features(
+        settings.train_path if is_training else settings.predict_path, tokenizer,
+        max_seq_length=settings.max_seq_length, doc_stride=settings.doc_stride,
+        max_query_length=settings.max_query_length, is_training=is_training,
+        cache_dir=feature_cache_dir(settings), overwrite_cache=settings.overwrite_cache and runtime.is_main,
+        max_examples=max_questions)
+    if runtime.is_main:
+        runtime.barrier()
+    return result

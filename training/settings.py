@@ -1,0 +1,492 @@
+"""Typed, frozen settings built from the parsed flags, and every check that can fail on them.
+
+``build_settings(namespace)`` runs all checks before any model or data loads (it reads only
+``config.json`` files and file headers) and returns a ``Settings`` whose groups are handed to the
+parts that need them: ``ModelSettings`` to loading, ``DataSettings`` to the features,
+``ObjectiveSettings`` and ``SandwichSettings`` to the loss, ``TrainSettings`` to the training
+loop, ``EvalSettings`` to evaluation, ``RuntimeSettings`` to the device, ``SearchSettings`` to
+the search. Field names are the flags' names, so a message can name the flag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import length_drop
+import search
+from core.errors import UsageError
+from core.files import check_output_file, writable_folder as writable
+
+TRAINING_STATE = "training_state.pt"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model_name_or_path: str
+    config_name: str | None
+    tokenizer_name: str | None
+    do_lower_case: bool
+    teacher_model_name_or_path: str | None
+    resume_from_checkpoint: str | None
+    length_config: tuple[int, ...] | None  # parsed --length_config; None: full length
+
+    @property
+    def student_path(self) -> str:
+        """A resumed run continues from the checkpoint's weights."""
+        return self.resume_from_checkpoint or self.model_name_or_path
+
+    @property
+    def student_flag(self) -> str:
+        return "--resume_from_checkpoint" if self.resume_from_checkpoint else "--model_name_or_path"
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer_name or self.model_name_or_path
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    data_dir: str | None
+    train_path: Path | None    # resolved --train_file; None unless training
+    predict_path: Path | None  # resolved --predict_file; None unless evaluating or searching
+    cache_dir: str | None
+    overwrite_cache: bool
+    output_dir: str            # the feature cache's last resort
+    max_seq_length: int
+    doc_stride: int
+    max_query_length: int
+    max_train_questions: int | None
+    max_eval_questions: int | None
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    state_loss_ratio: float
+    att_loss_ratio: float
+    pred_distill: bool
+    att_mse: bool
+    attention_loss_input: str
+    temperature: float
+    conventional_inplace_kl: bool
+
+    @property
+    def distilling(self) -> bool:
+        return self.pred_distill or self.state_loss_ratio > 0 or self.att_loss_ratio > 0
+
+
+@dataclass(frozen=True)
+class SandwichSettings:
+    length_adaptive: bool
+    num_sandwich: int
+    length_drop_ratio_bound: float
+    length_space: str                      # "absolute" or "relative" sub-model configurations
+    layer_dropout_prob: float | None
+    layer_dropout_bound: int
+    sandwich_full_weight: float | None
+    max_seq_length: int
+    length_config: tuple[int, ...] | None  # the full model's fixed configuration without the sandwich
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    output_dir: str
+    per_gpu_train_batch_size: int
+    learning_rate: float
+    gradient_accumulation_steps: int
+    weight_decay: float
+    adam_epsilon: float
+    max_grad_norm: float
+    num_train_epochs: float
+    max_steps: int
+    warmup_steps: int
+    warmup_ratio: float
+    logging_steps: int
+    save_steps: int
+    seed: int
+    evaluate_during_training: bool
+    save_only_best: bool
+    save_training_state: str  # which checkpoints keep training_state.pt: "resume", "all" or "none"
+    resume_from_checkpoint: str | None
+    precision: str
+    train_padding: str        # "max_length" (the reference's) or "longest"
+    group_by_length: bool
+    track_length_configs: tuple = ()  # configurations evaluated beside the model's at each evaluation
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    output_dir: str
+    per_gpu_eval_batch_size: int
+    max_seq_length: int
+    n_best_size: int
+    max_answer_length: int
+    precision: str  # "fp32", "bf16" or "fp16" (autocast)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    no_cuda: bool
+    threads: int | None
+    local_rank: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search flags (``search.add_search_args``), under their own names."""
+    search_backend: str | None
+    search_budget: int
+    search_min_length: int
+    search_objective: str
+    search_length_space: str           # "absolute" (token counts) or "relative" (keep fractions)
+    search_min_fraction: float
+    search_fraction_step: float
+    search_batching: str | None        # None: padded for absolute, sorted for relative
+    search_menu: str | None            # None: <model folder>/length_configs.json
+    search_subset: int | None
+    search_storage: str | None
+    search_study_name: str | None
+    search_heartbeat: int              # seconds between an Optuna trial's heartbeats
+    search_restart: bool
+    search_seed: int
+    search_retime_repeats: int         # interleaved re-timing of the front before the menu (sorted batches)
+    search_rates: str
+    sigopt_parallel_bandwidth: int
+    sigopt_experiment_id: str | None
+    sigopt_project: str | None
+    evo_iter: int
+    population_size: int
+    mutation_size: int
+    mutation_prob: float
+    crossover_size: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    do_train: bool
+    do_eval: bool
+    do_search: bool
+    output_dir: str
+    model: ModelSettings
+    data: DataSettings
+    objective: ObjectiveSettings
+    sandwich: SandwichSettings
+    train: TrainSettings
+    eval: EvalSettings
+    runtime: RuntimeSettings
+    search: SearchSettings
+    training_args: dict  # what checkpoints record in training_args.json
+
+    @property
+    def evaluates(self) -> bool:
+        return self.do_eval or self.train.evaluate_during_training
+
+
+def group_from(cls, namespace: argparse.Namespace, **overrides):
+    """An instance of the dataclass ``cls`` from the flags of the same names."""
+    values = {f.name: getattr(namespace, f.name) for f in fields(cls) if f.name not in overrides}
+    return cls(**values, **overrides)
+
+
+def precision_of(args: argparse.Namespace) -> str:
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+# --------------------------------------------------------------------------------------------
+# Building: every check first, then the groups
+# --------------------------------------------------------------------------------------------
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Check the parsed flags (and the files they name) and build the settings; raises
+    ``UsageError`` with one line naming the flag or file."""
+    check_flags(args)
+    train_path = resolve_data_file(args, args.train_file) if args.do_train else None
+    predict_path = (resolve_data_file(args, args.predict_file)
+                    if args.do_eval or args.evaluate_during_training or args.do_search else None)
+    model_shape = read_model_shape(args)
+    length_config = parse_length_config_flag(args, model_shape["num_hidden_layers"])
+    check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
+                       args.max_answer_length, model_shape["max_position_embeddings"])
+    search_settings = group_from(SearchSettings, args)
+    if args.do_search:
+        search.validate_args(search_settings, model_shape["num_hidden_layers"], args.max_seq_length)
+        if args.search_menu is not None:  # written at the search's end: checked before it starts
+            check_output_file(args.search_menu, "--search_menu", inputs=(predict_path,))
+    precision = precision_of(args)
+    training_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if isinstance(v, (str, int, float, bool, type(None), Path, list))}
+    training_args.update({k: str(v) for k, v in (("train_path", train_path), ("predict_path", predict_path))
+                          if v is not None})
+    return Settings(
+        do_train=args.do_train, do_eval=args.do_eval, do_search=args.do_search, output_dir=args.output_dir,
+        model=group_from(ModelSettings, args, length_config=length_config),
+        data=group_from(DataSettings, args, train_path=train_path, predict_path=predict_path),
+        objective=group_from(ObjectiveSettings, args),
+        sandwich=group_from(SandwichSettings, args, length_config=length_config),
+        train=group_from(TrainSettings, args, precision=precision, train_padding=check_train_padding(args),
+                         track_length_configs=parse_track_length_configs(args, model_shape["num_hidden_layers"])),
+        eval=group_from(EvalSettings, args, precision=precision),
+        runtime=group_from(RuntimeSettings, args),
+        search=search_settings,
+        training_args=training_args)
+
+
+def check_train_padding(args) -> str:
+    """--train_padding longest changes only the span softmaxes (real tokens only); the step-2
+    losses average over padded positions, so there it would change the loss's scale."""
+    if args.train_padding == "longest" and (args.state_loss_ratio > 0 or args.att_loss_ratio > 0):
+        raise UsageError("--train_padding longest: the hidden-state and attention losses average over "
+                         "padded positions; give --train_padding max_length with them")
+    return args.train_padding
+
+
+def parse_track_length_configs(args, num_hidden_layers: int) -> tuple:
+    """--track_length_configs: a JSON list of configurations, each checked as --length_config is."""
+    if args.track_length_configs is None:
+        return ()
+    if not (args.evaluate_during_training and args.do_train):
+        raise UsageError("--track_length_configs is evaluated during training: it needs --do_train "
+                         "--evaluate_during_training")
+    try:
+        value = json.loads(args.track_length_configs)
+    except ValueError as e:
+        raise UsageError(f"--track_length_configs: not JSON ({e}); expected a list of configurations, "
+                         "e.g. '[[1.0, 0.9, 0.81]]'") from None
+    if not isinstance(value, list) or not value:
+        raise UsageError("--track_length_configs: expected a non-empty JSON list of configurations")
+    configs = []
+    for index, config in enumerate(value):
+        try:
+            configs.append(length_drop.parse_length_config(config, num_hidden_layers, args.max_seq_length))
+        except ValueError as e:
+            raise UsageError(f"--track_length_configs entry {index}: {e}") from None
+    return tuple(configs)
+
+
+def resolve_data_file(args, name: str) -> Path:
+    path = Path(name)
+    if not path.is_file() and args.data_dir is not None:
+        path = Path(args.data_dir) / name
+    return path
+
+
+def check_flags(args) -> None:
+    """Every check that needs no model config, in the order the messages have always come."""
+    if not (args.do_train or args.do_eval or args.do_search):
+        raise UsageError("nothing to do: give --do_train, --do_eval or --do_search")
+    if not Path(args.model_name_or_path).is_dir():
+        raise UsageError(f"--model_name_or_path {args.model_name_or_path}: no such model folder "
+                         "(models load from local folders; no model hub is reachable)")
+    check_output_dir(Path(args.output_dir))
+    check_model_folder(Path(args.model_name_or_path), "--model_name_or_path")
+    check_tokenizer_folder(Path(args.tokenizer_name or args.model_name_or_path),
+                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path")
+    check_size_flags(args)
+    check_data_files(args)
+    check_teacher(args)
+    check_step_flags(args)
+    check_numbers(args)
+    check_output_contents(args)
+
+
+def check_data_files(args) -> None:
+    if args.do_train:
+        train_path = resolve_data_file(args, args.train_file)
+        if not train_path.is_file():
+            raise UsageError(f"--train_file: {train_path} does not exist")
+    if args.do_eval or args.evaluate_during_training or args.do_search:
+        predict_path = resolve_data_file(args, args.predict_file)
+        if not predict_path.is_file():
+            raise UsageError(f"--predict_file: {predict_path} does not exist")
+
+
+def check_teacher(args) -> None:
+    distilling = args.pred_distill or args.state_loss_ratio > 0 or args.att_loss_ratio > 0
+    if args.teacher_model_name_or_path and not distilling:
+        raise UsageError("--teacher_model_name_or_path is given but no distillation flag "
+                         "(--pred_distill, --state_loss_ratio > 0 or --att_loss_ratio > 0)")
+    if distilling and not args.teacher_model_name_or_path:
+        raise UsageError("a distillation flag (--pred_distill, --state_loss_ratio, --att_loss_ratio) "
+                         "needs --teacher_model_name_or_path")
+    if args.teacher_model_name_or_path and not Path(args.teacher_model_name_or_path).is_dir():
+        raise UsageError(f"--teacher_model_name_or_path {args.teacher_model_name_or_path}: no such model folder")
+    if args.teacher_model_name_or_path:
+        check_model_folder(Path(args.teacher_model_name_or_path), "--teacher_model_name_or_path")
+
+
+def check_step_flags(args) -> None:
+    """Flags of different paper steps that cannot be combined."""
+    if args.pred_distill and (args.state_loss_ratio > 0 or args.att_loss_ratio > 0):
+        raise UsageError("--pred_distill (step 3) and --state_loss_ratio/--att_loss_ratio (step 2) "
+                         "are separate steps; give one or the other")
+    if args.length_config is not None and args.length_adaptive:
+        raise UsageError("--length_config fixes one configuration; --length_adaptive trains all of "
+                         "them: give one or the other")
+    if args.resume_from_checkpoint and not (Path(args.resume_from_checkpoint) / TRAINING_STATE).is_file():
+        raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no {TRAINING_STATE} "
+                         "there (only checkpoints written by this script's training can be resumed)")
+    if args.resume_from_checkpoint:
+        check_model_folder(Path(args.resume_from_checkpoint), "--resume_from_checkpoint")
+    if args.fp16 and args.bf16:
+        raise UsageError("give at most one of --fp16 and --bf16")
+
+
+def check_numbers(args) -> None:
+    for flag in ("per_gpu_train_batch_size", "per_gpu_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
+    check_threads(args.threads)
+    if args.temperature <= 0:
+        raise UsageError("--temperature must be positive")
+    for flag in ("state_loss_ratio", "att_loss_ratio"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be >= 0 (0 turns the loss off), got {getattr(args, flag)}")
+    if args.length_space != "absolute" and not args.length_adaptive:
+        raise UsageError(f"--length_space {args.length_space} chooses the sandwich's sub-models: it needs "
+                         "--length_adaptive")
+    if args.sandwich_full_weight is not None:
+        if not args.length_adaptive:
+            raise UsageError("--sandwich_full_weight weights the sandwich: it needs --length_adaptive")
+        if not 0 < args.sandwich_full_weight <= 1:
+            raise UsageError(f"--sandwich_full_weight must be in (0, 1], got {args.sandwich_full_weight}")
+
+
+# --------------------------------------------------------------------------------------------
+# The windowing, answer and runtime flags run_squad.py and inference.py share: one rule for both
+# --------------------------------------------------------------------------------------------
+
+WINDOW_FLAGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+
+
+def check_window_flags(max_seq_length: int, doc_stride: int, max_query_length: int, n_best_size: int,
+                       max_answer_length: int, max_position_embeddings: int | None = None) -> None:
+    """Each at least 1 (0 would drop the question or every answer), and windows no longer than
+    the model's position table (checked when it is known)."""
+    values = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
+    for flag, value in zip(WINDOW_FLAGS, values):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"--{flag} must be an integer of at least 1, got {value!r}")
+    if max_position_embeddings is not None and max_seq_length > max_position_embeddings:
+        raise UsageError(f"--max_seq_length {max_seq_length} exceeds the model's "
+                         f"max_position_embeddings ({max_position_embeddings})")
+
+
+def check_threads(threads) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be an integer of at least 1, got {threads!r}")
+
+
+def check_device(device) -> None:
+    """A device torch knows and this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if device == "cpu":  # always there; answered without importing torch
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device}: not a device (expected cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: this torch has no CUDA device (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here (use --device cpu)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: not supported (expected cpu, cuda or cuda:N)")
+
+
+def check_output_contents(args) -> None:
+    """Never write over another run's files without --overwrite_output_dir."""
+    out = Path(args.output_dir)
+    if (args.do_train or args.do_search) and out.is_dir() and any(out.iterdir()) \
+            and not args.overwrite_output_dir:
+        raise UsageError(f"--output_dir {out} exists and is not empty; use --overwrite_output_dir "
+                         "to write into it (nothing else there is deleted)")
+    earlier_predictions = [n for n in ("predictions.json", "nbest_predictions.json") if (out / n).exists()]
+    if args.do_eval and earlier_predictions and not args.overwrite_output_dir:
+        raise UsageError(f"--output_dir {out} holds an earlier run's {earlier_predictions[0]}; use "
+                         "--overwrite_output_dir to replace it, or another --output_dir")
+
+
+def check_size_flags(args) -> None:
+    for flag in ("max_train_questions", "max_eval_questions"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value} (leave it out to use every question)")
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder must be a folder, or creatable, and writable (mode bits too: root may
+    write anywhere), before anything loads."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out} is a file, not a folder")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output_dir {out} lies under {existing}, which is a file")
+    if not writable(existing):
+        raise UsageError(f"--output_dir {out}: {existing} is not writable")
+
+
+def check_model_folder(folder: Path, flag: str) -> None:
+    """A model folder needs a readable config.json and a weights file whose header is whole."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UsageError(f"{flag} {folder}: no config.json there (not a Hugging Face model folder)")
+    try:
+        loaded = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{flag}: {config} is not a valid JSON file ({e})") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{flag}: {config} must hold a JSON object, got {type(loaded).__name__}")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UsageError(f"{flag} {folder}: no weights file there (expected one of {', '.join(WEIGHT_FILES)})")
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(folder / "model.safetensors"), "np"):  # "np": opening without torch
+                pass  # the header and the file's length are checked on opening
+        except Exception as e:  # SafetensorError: truncated or not a safetensors file
+            raise UsageError(f"{flag}: {folder / 'model.safetensors'} is truncated or corrupt ({e})") from None
+
+
+def check_tokenizer_folder(folder: Path, flag: str) -> None:
+    if not folder.is_dir() or not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+        raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give "
+                         "--tokenizer_name a folder that has one")
+
+
+def read_model_shape(args) -> dict:
+    """The student's layer count and position limit, from its configuration alone (the weights
+    load later), so the length and search flags are checked before anything loads."""
+    from transformers import AutoConfig
+
+    path = args.resume_from_checkpoint or args.model_name_or_path
+    flag = "--resume_from_checkpoint" if args.resume_from_checkpoint else "--model_name_or_path"
+    try:
+        config = AutoConfig.from_pretrained(args.config_name or path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
+    return {"num_hidden_layers": config.num_hidden_layers,
+            "max_position_embeddings": config.max_position_embeddings}
+
+
+def parse_length_config_flag(args, num_hidden_layers: int) -> tuple[int, ...] | None:
+    if args.length_config is None:
+        return None
+    try:
+        return length_drop.parse_length_config(args.length_config, num_hidden_layers, args.max_seq_length)
+    except ValueError as e:
+        raise UsageError(f"--length_config: {e}") from None
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
