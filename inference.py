@@ -20,10 +20,9 @@ from pathlib import Path
 from core import files
 from search import menu as length_menu
 from serving.onnx import cache as onnx_cache
-from serving.settings import (BACKENDS, WINDOW_DEFAULTS, check_backend, check_text, read_model_config,
-                             window_settings)
+from core.checks import WINDOW_DEFAULTS, check_threads, check_window_flags, read_model_config, window_settings
+from serving.settings import BACKENDS, check_backend, check_text
 from core.errors import PROJECT_ERRORS, UsageError, exit_code
-from training.settings import check_threads, check_window_flags
 
 
 def __getattr__(name):
@@ -118,7 +117,6 @@ def run_export(args) -> None:
     if choice is not None:  # export the menu's choice
         max_seq_length = window_settings(args.model, args.max_seq_length)["max_seq_length"]
         length_config = length_menu.choice_config(choice, layers, max_seq_length)
-    quiet_transformers()
     from serving.api import export_model
 
     metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
@@ -149,13 +147,6 @@ def run_cache_command(args) -> None:
         made_from = "no record (rebuilt before use)" if entry.made_from is None else json.dumps(entry.made_from)
         print(f"{entry.path}\t{entry.bytes / 1e6:.1f} MB\t{made_from}")
     print(f"{len(entries)} files, {sum(e.bytes for e in entries) / 1e6:.1f} MB in {cache}")
-
-
-def quiet_transformers() -> None:
-    """stderr keeps only our progress bar and errors (transformers draws one per weight load)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def takes_quick_path(args) -> bool:
@@ -197,7 +188,6 @@ def run(args) -> None:
         raise UsageError("empty " + ("question" if args.question is None else "context"))
     if single and takes_quick_path(args) and answered_quickly(args):
         return
-    quiet_transformers()
     import utils_squad
     from serving.api import QuestionAnswerer
 

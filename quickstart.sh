@@ -39,13 +39,11 @@ import sys
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig
-from transformers.utils import logging as hf_logging
 from core.files import follow_umask
-from training.loading import load_model
+from core.models import load_model
 from modeling_bert import BertForQuestionAnswering
 
 out = Path(sys.argv[1])
-hf_logging.disable_progress_bar()
 torch.manual_seed(0)  # the QA head (absent from all-MiniLM-L6-v2), or the small random BERT
 try:
     if os.environ["TINY"] == "1":

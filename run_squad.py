@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from core import files
-from core.errors import PROJECT_ERRORS, exit_code
+from core.errors import cli_main
 from training.flags import build_parser as _build_parser
 from training.settings import TRAINING_STATE  # noqa: F401  (tests use it here)
 
@@ -28,20 +28,18 @@ def main(argv=None) -> int:
     """Run; the project's own errors are one line on stderr (exit 2: usage, data or search
     backend; exit 1: disk full or the results file). Anything else keeps its traceback."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run():
         from training.pipeline import run  # torch and transformers load only now
 
         run(args)
-    except PROJECT_ERRORS as e:
-        print(f"run_squad.py: error: {e}", file=sys.stderr)
-        return exit_code(e)
-    except OSError as e:  # e.g. ENOSPC writing eval_results.json or the predictions
-        if not files.is_disk_full(e, args.output_dir):
-            raise
-        print(f"run_squad.py: error: no space left on {args.output_dir} ({e}); files already written are "
-              "complete", file=sys.stderr)
-        return 1
-    return 0
+
+    def disk_full(err: OSError) -> str | None:  # e.g. ENOSPC writing eval_results.json or the predictions
+        if not files.is_disk_full(err, args.output_dir):
+            return None
+        return f"no space left on {args.output_dir} ({err}); files already written are complete"
+
+    return cli_main("run_squad.py", run, disk_full)
 
 
 if __name__ == "__main__":

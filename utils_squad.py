@@ -27,6 +27,7 @@ CACHE_FORMAT_VERSION = 3  # 2: the tensors' sha256 is stored and checked; 3: cac
 CLS_INDEX = 0  # the reference labels an answer outside the window with the [CLS] position
 
 
+from core.hashing import tensors_sha256
 from core.errors import DiskFullError, SquadFormatError, UsageError  # noqa: E402,F401  (re-exported)
 # Re-exported: their homes are files.py and postprocess.py; callers of utils_squad keep working.
 from core.files import (  # noqa: E402,F401
@@ -420,24 +421,6 @@ def _cache_key(raw: bytes, tokenizer, max_seq_length, doc_stride, max_query_leng
 def _cache_path(cache_dir, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
     return Path(cache_dir) / f"cached_squad_{key['split']}_{digest[:24]}.safetensors"
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tensors_sha256(tensors: dict) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _save_cache(path: Path, key: dict, features: SquadFeatures) -> None:

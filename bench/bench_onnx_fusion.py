@@ -29,7 +29,7 @@ from training import evaluation
 from core import files
 import utils_squad
 from bench.bench_serving import export_transformers_onnx, ort_session, quantize_onnx
-from training.loading import load_model
+from core.models import load_model
 from serving.onnx.export import export_onnx, quantize_int8
 
 

@@ -35,7 +35,7 @@ from core import files
 from search import menu as length_menu
 import run_squad
 from core.errors import PROJECT_ERRORS, exit_code
-from training.loading import load_model_checked, load_tokenizer
+from core.models import load_model_checked, load_tokenizer
 from training.runtime import setup_runtime
 from training.settings import build_settings
 
@@ -88,7 +88,8 @@ def dev_features(a, out: Path):
     args = run_squad.build_parser().parse_args(search_argv(a, "absolute", out))
     settings = build_settings(args)
     runtime = setup_runtime(settings.runtime)
-    evaluator = evaluation.DevEvaluator(settings.eval, settings.data, load_tokenizer(settings.model), runtime,
+    evaluator = evaluation.DevEvaluator(settings.eval, settings.data, load_tokenizer(settings.model.tokenizer_path, settings.model.do_lower_case),
+                                        runtime,
                                         a.max_questions, sorted_batches=True)
     return evaluator.features, runtime.device
 

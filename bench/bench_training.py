@@ -33,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from core import files
 import run_squad
-from training.loading import load_features, load_student_and_teacher, load_tokenizer
+from core.models import load_tokenizer
+from training.loading import load_features, load_student_and_teacher
 from training.objective import Objective, sub_models_for_step
 from training.runtime import Runtime, set_seed
 from training.settings import build_settings
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     steps = a.steps.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         base = system_settings(a, steps[-1], "padded", tmp)
-        tokenizer = load_tokenizer(base.model)
+        tokenizer = load_tokenizer(base.model.tokenizer_path, base.model.do_lower_case)
         set_seed(0)
         model, teacher = load_student_and_teacher(base.model, base.objective, tokenizer, runtime)
         _, features = load_features(base.data, tokenizer, runtime, True, a.max_questions)

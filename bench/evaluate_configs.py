@@ -23,7 +23,7 @@ import utils_squad
 from core.errors import UsageError
 from training.evaluation import DevEvaluator
 from training.flags import build_parser
-from training.loading import load_model, load_tokenizer
+from core.models import load_model, load_tokenizer
 from training.runtime import setup_runtime
 from training.settings import build_settings
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     try:
         settings = build_settings(run_args)
         runtime = setup_runtime(settings.runtime)
-        tokenizer = load_tokenizer(settings.model)
+        tokenizer = load_tokenizer(settings.model.tokenizer_path, settings.model.do_lower_case)
         for path in a.model:
             if not Path(path).is_dir():
                 raise UsageError(f"--model {path}: no such folder")

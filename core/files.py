@@ -30,7 +30,10 @@ def _temporary_prefix(path: Path, pid: int | str) -> str:
     return f".{path.name}.{pid}."
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` (a writer named in a temporary's name) still runs."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +54,7 @@ def remove_stale_temporaries(path) -> list[Path]:
         return removed
     for tmp in candidates:
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)

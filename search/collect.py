@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from search import menu as length_menu
-from core.errors import PROJECT_ERRORS, UsageError, exit_code
+from core.errors import UsageError, cli_main
 
 from .space import RESULTS_CSV
 from .front import finalize_outputs, format_front_table
@@ -89,18 +89,16 @@ def collect(url: str, study_name: str, output_dir: Path, menu_path: Path | None 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        summary = collect(args.search_storage, args.search_study_name, Path(args.output_dir),
-                          args.search_menu, args.search_restart)
-    except PROJECT_ERRORS as err:
-        print(f"search.collect: error: {err}", file=sys.stderr)
-        return exit_code(err)
+    return cli_main("search.collect", lambda: report(collect(
+        args.search_storage, args.search_study_name, Path(args.output_dir), args.search_menu, args.search_restart)))
+
+
+def report(summary: dict) -> None:
     print(f"{summary['rows']} rows from {summary['collected_from']} in {summary['results_csv']}; "
           f"Pareto front ({summary['objective']}):")
     print(format_front_table(summary["pareto_front"]))
     if "length_menu" in summary:
         print(f"length menu: {summary['length_menu']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -384,7 +384,7 @@ def check_menu_weights(menu: Menu, weights_sha256: str) -> None:
 
 def check_choice_fits(choice: Choice, weights_sha256: str, max_seq_length: int, doc_stride: int,
                       max_query_length: int, batch_size: int) -> list[str]:
-    """Once the weights' hash is known (``checkpoints.weights_sha256`` of the model, or the one an
+    """Once the weights' hash is known (``core.hashing.weights_sha256`` of the model, or the one an
     ONNX file records): a UsageError when the menu was measured on other weights; the settings
     that differ from the search's (its F1 and speedups hold at the search's), as warnings, which
     are also returned."""

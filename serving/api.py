@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Protocol
 
 import numpy as np
@@ -44,13 +43,13 @@ from serving.onnx import export as onnx_export
 from serving.onnx import backend as ort_backend
 from core import postprocess
 import utils_squad
-from serving.settings import (WINDOW_DEFAULTS, check_backend, check_text, checked_length_config,
-                             read_model_config, window_settings)
-from training.checkpoints import weights_sha256
+from core.checks import (WINDOW_DEFAULTS, WINDOW_FLAGS, check_threads, check_window_flags, checked_length_config,
+                         read_model_config, window_settings)
+from core.hashing import weights_sha256
+from serving.settings import check_backend, check_text
 from core.errors import UsageError
-from training.loading import load_model_checked, load_tokenizer
+from core.models import load_model_checked, load_tokenizer
 from serving.onnx.metadata import Int8Settings
-from training.settings import WINDOW_FLAGS, check_threads, check_window_flags
 
 PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
 
@@ -144,7 +143,7 @@ class QuestionAnswerer:
             length_config = length_menu.choice_config(choice, layers, max_seq_length)
         if backend == "onnxruntime" or int8:
             ort_backend.check_onnx_padding(length_config, pad_to_max_length)
-        tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+        tokenizer = load_tokenizer(folder)
         settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
         if backend == "torch" and not int8:
             model = load_model_checked(str(folder), "--model")
@@ -227,7 +226,7 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, th
     ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
     provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
                                          ort_backend.folder_weights_sha256(folder))
-    tokenizer = load_tokenizer(SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    tokenizer = load_tokenizer(folder)
     return QuestionAnswerer(provider, tokenizer, **settings)
 
 

@@ -14,10 +14,7 @@ warns), or weights that are not a ``model.safetensors`` whose hash is the file's
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import mmap
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,34 +23,8 @@ import numpy as np
 from serving.onnx import backend as ort_backend
 from core import postprocess
 from core import windows
-from serving.settings import read_model_config
-from training.settings import check_window_flags
-
-# safetensors dtype codes -> the names checkpoints.weights_sha256 hashes (str of a torch dtype)
-TORCH_DTYPE_NAMES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16",
-                     "BF16": "torch.bfloat16", "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16",
-                     "I8": "torch.int8", "U8": "torch.uint8", "BOOL": "torch.bool"}
-
-
-def safetensors_weights_sha256(path) -> str | None:
-    """``checkpoints.weights_sha256`` of a model whose state dict is exactly this safetensors
-    file (names, dtypes, shapes, bytes, in name order), read without torch; None for a dtype it
-    does not know. Equal to the file's ``weights_sha256`` only when the export held these weights."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + size])
-        header.pop("__metadata__", None)
-        digest = hashlib.sha256()
-        for name in sorted(header):
-            entry = header[name]
-            dtype = TORCH_DTYPE_NAMES.get(entry["dtype"])
-            if dtype is None:
-                return None
-            begin, end = entry["data_offsets"]
-            digest.update(f"{name}|{dtype}|{tuple(entry['shape'])}|".encode("utf-8"))
-            digest.update(data[8 + size + begin:8 + size + end])
-    return digest.hexdigest()
-
+from core.checks import check_window_flags, read_model_config
+from core.hashing import safetensors_weights_sha256
 
 def pad_token_id(folder: Path, backend) -> int | None:
     """The id of ``tokenizer_config.json``'s pad token (what transformers pads with), or None."""

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from core import files
+from core.errors import UsageError, cli_main
 
 
 def parse_layers(text: str, num_layers: int) -> list[int]:
@@ -24,13 +25,13 @@ def parse_layers(text: str, num_layers: int) -> list[int]:
     try:
         layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--layers {text!r}: expected comma-separated layer numbers, e.g. 2,4,6") from None
+        raise UsageError(f"--layers {text!r}: expected comma-separated layer numbers, e.g. 2,4,6") from None
     if not layers:
-        raise ValueError("--layers: give at least one layer")
+        raise UsageError("--layers: give at least one layer")
     if any(not 1 <= layer <= num_layers for layer in layers):
-        raise ValueError(f"--layers {text}: layer numbers run from 1 to {num_layers}")
+        raise UsageError(f"--layers {text}: layer numbers run from 1 to {num_layers}")
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"--layers {text}: layers must be strictly increasing")
+        raise UsageError(f"--layers {text}: layers must be strictly increasing")
     return layers
 
 
@@ -50,9 +51,9 @@ def make_student(model_dir: str, layers_text: str, output_dir: str) -> Path:
 
     source, out = Path(model_dir), Path(output_dir)
     if not (source / "config.json").is_file():
-        raise ValueError(f"--model_name_or_path {source}: no config.json there (a local model folder is needed)")
+        raise UsageError(f"--model_name_or_path {source}: no config.json there (a local model folder is needed)")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--output_dir {out} exists and is not empty")
+        raise UsageError(f"--output_dir {out} exists and is not empty")
     config = AutoConfig.from_pretrained(str(source))
     layers = parse_layers(layers_text, config.num_hidden_layers)
     # The checkpoint's own class (BertModel, BertForQuestionAnswering, ...) keeps every weight.
@@ -78,13 +79,12 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", required=True, help="1-based layers to keep, e.g. 2,4,6")
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def run():
         out = make_student(args.model_name_or_path, args.layers, args.output_dir)
-    except ValueError as e:
-        print(f"make_student.py: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote a {len(args.layers.split(','))}-layer student to {out}")
-    return 0
+        print(f"wrote a {len(args.layers.split(','))}-layer student to {out}")
+
+    return cli_main("make_student", run)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -28,17 +27,6 @@ logger = logging.getLogger("run_squad")
 def unwrap(model):
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
-
-
-def weights_sha256(model) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of a model: what a
-    search's rows and a length menu were measured on."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unwrap(model).state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def keeps_training_state(retention: str, name: str) -> bool:
@@ -99,18 +87,6 @@ def swap_into_place(tmp: Path, folder: Path, old: Path) -> None:
 HIDDEN_CHECKPOINT = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_checkpoints(folder: Path) -> None:
     """Finish or undo the checkpoint swaps of processes that died in ``save_checkpoint``.
 
@@ -123,7 +99,7 @@ def recover_checkpoints(folder: Path) -> None:
     leftovers = defaultdict(dict)
     for path in folder.iterdir():
         match = HIDDEN_CHECKPOINT.match(path.name)
-        if match and path.is_dir() and not _process_alive(int(match["pid"])):
+        if match and path.is_dir() and not files.process_alive(int(match["pid"])):
             leftovers[(match["name"], match["pid"])][match["kind"]] = path
     for (name, _), paths in sorted(leftovers.items()):
         target = folder / name

@@ -1,35 +1,17 @@
-"""Loading what a run works on: tokenizer, student and teacher models, SQuAD features."""
+"""Loading what a training run works on: student and teacher models, SQuAD features (a model
+folder alone loads through ``core.models``)."""
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
 
 import torch
 
-from training import distillation
 import utils_squad
 from core.errors import UsageError
-from modeling_bert import BertForQuestionAnswering
+from core.models import load_model_checked
+from training import distillation
 from training.runtime import Runtime
-from training.settings import DataSettings, ModelSettings, ObjectiveSettings, first_line, writable
-
-LOADING_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
-logger = logging.getLogger("loading")
-
-
-def load_tokenizer(settings: ModelSettings):
-    from transformers import AutoTokenizer
-
-    name = settings.tokenizer_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except LOADING_ERRORS as e:
-        raise UsageError(f"{name}: cannot load the tokenizer ({first_line(e)})") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UsageError(f"{name}: a fast tokenizer (tokenizer.json or vocab.txt) is needed for offsets")
-    utils_squad.check_lower_case(tokenizer, settings.do_lower_case)
-    return tokenizer
+from training.settings import DataSettings, ModelSettings, ObjectiveSettings, writable
 
 
 def checkpoint_has_fit_dense(folder: str) -> bool:
@@ -44,44 +26,6 @@ def checkpoint_has_fit_dense(folder: str) -> bool:
     else:
         return False
     return any("fit_dense" in key for key in keys)
-
-
-def load_model(path: str, config_name: str | None = None, **config_overrides) -> BertForQuestionAnswering:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(config_name or path)
-    for key, value in config_overrides.items():  # transformers 5 drops unknown config kwargs
-        setattr(config, key, value)
-    # float32 master weights whatever the checkpoint's storage dtype: transformers 5 otherwise
-    # loads a bf16/fp16 checkpoint in that dtype, and AdamW would then update half-precision
-    # weights (speed comes from --bf16/--fp16 autocast instead).
-    with transformers_quiet():
-        model, info = BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32,
-                                                               output_loading_info=True)
-    if info["missing_keys"]:
-        logger.warning("%s: %s not in the checkpoint, initialised at random (expected when starting from "
-                       "a model without a QA head: training learns them)", path, ", ".join(sorted(info["missing_keys"])))
-    return model
-
-
-@contextlib.contextmanager
-def transformers_quiet():
-    """transformers' own load report (a coloured table) off: the one line above says what matters."""
-    hf_logger = logging.getLogger("transformers")
-    level = hf_logger.level
-    hf_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        hf_logger.setLevel(level)
-
-
-def load_model_checked(path: str, flag: str, *args, **kwargs) -> BertForQuestionAnswering:
-    """``load_model``, with any failure to read the folder as one line naming it."""
-    try:
-        return load_model(path, *args, **kwargs)
-    except LOADING_ERRORS as e:
-        raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
 
 
 def load_student_and_teacher(settings: ModelSettings, objective: ObjectiveSettings, tokenizer,

@@ -11,10 +11,12 @@ import torch.distributed as dist
 from search import menu as length_menu
 import search
 import utils_squad
-from training.checkpoints import recover_checkpoints, unwrap, weights_sha256
+from core.hashing import file_sha256, weights_sha256
+from training.checkpoints import recover_checkpoints, unwrap
 from core.errors import UsageError
 from training.evaluation import DevEvaluator, record_eval
-from training.loading import load_features, load_student_and_teacher, load_tokenizer
+from core.models import load_tokenizer
+from training.loading import load_features, load_student_and_teacher
 from training.objective import Objective
 from training.runtime import set_seed, setup_runtime
 from training.settings import Settings, build_settings
@@ -30,10 +32,8 @@ def run(args) -> dict:
     runtime = setup_runtime(settings.runtime)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if runtime.is_main else logging.WARNING, force=True)
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # the log says what loaded; stderr keeps our own progress bars
     set_seed(settings.runtime.seed)
-    tokenizer = load_tokenizer(settings.model)
+    tokenizer = load_tokenizer(settings.model.tokenizer_path, settings.model.do_lower_case)
     model, teacher = load_student_and_teacher(settings.model, settings.objective, tokenizer, runtime)
     # The output folder is created by the first write into it, so a failed run leaves none.
     runtime.barrier()
@@ -157,7 +157,7 @@ def search_measured_on(settings: Settings, model, tokenizer, batching: str = "pa
     sets each batch's longest sequence, which relative configurations are fractions of)."""
     extra = {"eval_batch_size": settings.eval.per_gpu_eval_batch_size} if batching == "sorted" else {}
     return {"weights_sha256": weights_sha256(model),
-            "predict_file_sha256": utils_squad.file_sha256(settings.data.predict_path),
+            "predict_file_sha256": file_sha256(settings.data.predict_path),
             "tokenizer": utils_squad.tokenizer_fingerprint(tokenizer),
             "doc_stride": settings.data.doc_stride, "max_query_length": settings.data.max_query_length,
             "max_answer_length": settings.eval.max_answer_length, "n_best_size": settings.eval.n_best_size,

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import length_drop
 import search
-from core.errors import UsageError
+from core.checks import check_model_folder, check_threads, check_window_flags, checked_length_config
+from core.errors import UsageError, first_line
 from core.files import check_output_file, writable_folder as writable
 
 TRAINING_STATE = "training_state.pt"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -208,7 +207,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     predict_path = (resolve_data_file(args, args.predict_file)
                     if args.do_eval or args.evaluate_during_training or args.do_search else None)
     model_shape = read_model_shape(args)
-    length_config = parse_length_config_flag(args, model_shape["num_hidden_layers"])
+    length_config = checked_length_config(args.length_config, model_shape["num_hidden_layers"], args.max_seq_length)
     check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
                        args.max_answer_length, model_shape["max_position_embeddings"])
     search_settings = group_from(SearchSettings, args)
@@ -359,46 +358,6 @@ def check_numbers(args) -> None:
 # The windowing, answer and runtime flags run_squad.py and inference.py share: one rule for both
 # --------------------------------------------------------------------------------------------
 
-WINDOW_FLAGS = ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
-
-
-def check_window_flags(max_seq_length: int, doc_stride: int, max_query_length: int, n_best_size: int,
-                       max_answer_length: int, max_position_embeddings: int | None = None) -> None:
-    """Each at least 1 (0 would drop the question or every answer), and windows no longer than
-    the model's position table (checked when it is known)."""
-    values = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length)
-    for flag, value in zip(WINDOW_FLAGS, values):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"--{flag} must be an integer of at least 1, got {value!r}")
-    if max_position_embeddings is not None and max_seq_length > max_position_embeddings:
-        raise UsageError(f"--max_seq_length {max_seq_length} exceeds the model's "
-                         f"max_position_embeddings ({max_position_embeddings})")
-
-
-def check_threads(threads) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"--threads must be an integer of at least 1, got {threads!r}")
-
-
-def check_device(device) -> None:
-    """A device torch knows and this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
-    if device == "cpu":  # always there; answered without importing torch
-        return
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise UsageError(f"--device {device}: not a device (expected cpu, cuda or cuda:N)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: this torch has no CUDA device (use --device cpu)")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {device}: MPS is not available here (use --device cpu)")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {device}: not supported (expected cpu, cuda or cuda:N)")
 
 
 def check_output_contents(args) -> None:
@@ -435,28 +394,6 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"--output_dir {out}: {existing} is not writable")
 
 
-def check_model_folder(folder: Path, flag: str) -> None:
-    """A model folder needs a readable config.json and a weights file whose header is whole."""
-    config = folder / "config.json"
-    if not config.is_file():
-        raise UsageError(f"{flag} {folder}: no config.json there (not a Hugging Face model folder)")
-    try:
-        loaded = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{flag}: {config} is not a valid JSON file ({e})") from None
-    if not isinstance(loaded, dict):
-        raise UsageError(f"{flag}: {config} must hold a JSON object, got {type(loaded).__name__}")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise UsageError(f"{flag} {folder}: no weights file there (expected one of {', '.join(WEIGHT_FILES)})")
-    if (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-        try:
-            with safe_open(str(folder / "model.safetensors"), "np"):  # "np": opening without torch
-                pass  # the header and the file's length are checked on opening
-        except Exception as e:  # SafetensorError: truncated or not a safetensors file
-            raise UsageError(f"{flag}: {folder / 'model.safetensors'} is truncated or corrupt ({e})") from None
-
-
 def check_tokenizer_folder(folder: Path, flag: str) -> None:
     if not folder.is_dir() or not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
         raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give "
@@ -476,17 +413,3 @@ def read_model_shape(args) -> dict:
         raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
     return {"num_hidden_layers": config.num_hidden_layers,
             "max_position_embeddings": config.max_position_embeddings}
-
-
-def parse_length_config_flag(args, num_hidden_layers: int) -> tuple[int, ...] | None:
-    if args.length_config is None:
-        return None
-    try:
-        return length_drop.parse_length_config(args.length_config, num_hidden_layers, args.max_seq_length)
-    except ValueError as e:
-        raise UsageError(f"--length_config: {e}") from None
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

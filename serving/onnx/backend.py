@@ -20,7 +20,7 @@ from serving.onnx import metadata as onnx_metadata
 from core.errors import UsageError
 from serving.onnx.metadata import (INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata, metadata_of_session,
                          read_metadata)
-from training.settings import first_line
+from core.errors import first_line
 
 
 def load_metadata(path, flag: str = "--onnx") -> OnnxMetadata:
@@ -64,9 +64,9 @@ def check_matches_model(metadata: OnnxMetadata, model_config: dict, path, flag: 
 
 
 def folder_weights_sha256(folder) -> str:
-    """``checkpoints.weights_sha256`` of the folder's model (what an export records)."""
-    from training.checkpoints import weights_sha256
-    from training.loading import load_model_checked
+    """``core.hashing.weights_sha256`` of the folder's model (what an export records)."""
+    from core.hashing import weights_sha256
+    from core.models import load_model_checked
 
     return weights_sha256(load_model_checked(str(folder), "--model"))
 

@@ -29,12 +29,12 @@ from pathlib import Path
 from core import files
 from serving.onnx import metadata as onnx_metadata
 from serving.onnx.metadata import Int8Settings
-from training.settings import WEIGHT_FILES
+from core.checks import WEIGHT_FILES
+from core.hashing import file_sha256
 
 logger = logging.getLogger("onnx_cache")
 
 CACHE_ENV = "DYNAMIC_TINYBERT_ONNX_CACHE"
-_CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -44,14 +44,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "dynamic_tinybert" / "onnx"
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def folder_fingerprint(folder) -> str:
@@ -85,7 +77,7 @@ def exported_file(folder, length_config=None, int8: bool = False, int8_settings:
     wants; None: full length), float32 or int8, exported into ``cache_dir`` unless a checked one
     is there."""
     from serving.onnx import export as onnx_export
-    from training.loading import load_model_checked
+    from core.models import load_model_checked
 
     cache = _cache(cache_dir)
     config = None if length_config is None else list(length_config)

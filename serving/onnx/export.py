@@ -65,7 +65,7 @@ def export_onnx(model, path, length_config=None, fuse: bool = True) -> OnnxMetad
     False (``fuse_for_onnxruntime``). Returns the metadata stored in the file."""
     import onnx
 
-    from training.checkpoints import weights_sha256
+    from core.hashing import weights_sha256
 
     config = model.config
     if length_config is not None:  # the model's own rule: any positive counts, or fractions

@@ -1,7 +1,7 @@
 """ONNX files written by ``onnx_export``, read and quantised without torch.
 
 The file's metadata (``dynamic_tinybert.*``, ``OnnxMetadata``) records the length configuration,
-the model's shape, the precision, the hash of the weights it holds (``checkpoints.weights_sha256``)
+the model's shape, the precision, the hash of the weights it holds (``core.hashing.weights_sha256``)
 and the library versions that wrote it, so a runner can check the file against the model folder
 it pairs it with. ``metadata_of_session`` reads it from an ONNX Runtime session (no ``onnx``
 import, which alone takes over a second).
@@ -41,7 +41,7 @@ class OnnxMetadata:
     hidden_size: int
     vocab_size: int
     max_position_embeddings: int
-    weights_sha256: str           # checkpoints.weights_sha256 of the exported model
+    weights_sha256: str           # core.hashing.weights_sha256 of the exported model
     made_with: str                # JSON {library: version} of what wrote the file
     precision: str = "fp32"       # "fp32" or "int8"
 

@@ -16,7 +16,7 @@ import search
 import utils_squad
 from fake_sigopt_server import FakeSigOpt
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
-from training.loading import load_tokenizer
+from core.models import load_tokenizer
 from training.runtime import setup_runtime
 from training.settings import build_settings
 from search_helpers import SyntheticTask, make_args, read_csv
@@ -65,7 +65,7 @@ def test_relative_eval_gives_question_answerers_predictions(ws, tmp_path):
     settings = build_settings(run_squad.build_parser().parse_args(
         argv(ws, tmp_path / "x", "--do_eval", "--length_config", RELATIVE)))
     runtime = setup_runtime(settings.runtime)
-    evaluator = evaluation.DevEvaluator(settings.eval, settings.data, load_tokenizer(settings.model), runtime)
+    evaluator = evaluation.DevEvaluator(settings.eval, settings.data, load_tokenizer(settings.model.tokenizer_path, settings.model.do_lower_case), runtime)
     starts, ends, _, batching = evaluator.logits(qa.model, qa.length_config)
     qa_starts, qa_ends = qa.logits(qa.features(examples))
     assert batching == "sorted" and np.isneginf(starts).any()

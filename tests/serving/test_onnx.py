@@ -19,7 +19,7 @@ import utils_squad
 from helpers import run_inference_cli as run_cli
 from helpers import (TINY_SQUAD_DIR, SharedExports, make_tiny_tokenizer, require_minilm, save_tiny_bert,
                      seed_cache, tiny_bert_config, tiny_squad_texts)
-from training.loading import load_model
+from core.models import load_model
 from serving.onnx.backend import OrtLogits
 
 LENGTHS = ["--max_seq_length", "128", "--doc_stride", "32"]
@@ -200,7 +200,7 @@ def test_int8_keeps_what_it_should_in_float32_and_stays_close(ws, tmp_path):
             assert 0 < diff.mean() < 0.1 * f[real].std() and diff.max() < 0.5 * f[real].std()
 
     examples = utils_squad.read_squad_examples(ws["squad"] / "dev-v1.1.json", False)
-    tok = inference.load_tokenizer(inference.SimpleNamespace(tokenizer_path=str(ws["model_dir"]), do_lower_case=True))
+    tok = inference.load_tokenizer(ws["model_dir"])
     answers = [inference.QuestionAnswerer(provider, tok, max_seq_length=128, doc_stride=32).predict(examples)[0]
                for provider in (fp32, int8)]
     assert sum(answers[0][k] == answers[1][k] for k in answers[0]) >= 0.8 * len(answers[0])
@@ -313,7 +313,7 @@ def test_minilm_graphs_equal_pytorch_within_1e_4(tmp_path, name, length_config):
     torch.manual_seed(0)
     model = load_model(str(folder), num_hidden_layers=3).eval()
     assert model.config.num_hidden_layers == 3
-    tok = inference.load_tokenizer(inference.SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    tok = inference.load_tokenizer(folder)
     tiny = utils_squad.read_squad_examples(TINY_SQUAD_DIR / "dev-v1.1.json", False)
     contexts = list(dict.fromkeys(e.context for e in tiny))
     examples = [utils_squad.SquadExample(str(i), "", e.question, " ".join(contexts[i % 3:i % 3 + i % 4 + 1]), [])
@@ -435,18 +435,18 @@ def test_quick_answer_leaves_other_weights_and_tokenizers_to_the_full_path(ws, t
 
 def test_safetensors_hash_is_the_models_weights_sha256(ws):
     """The hash quick_answer reads from model.safetensors without torch equals
-    checkpoints.weights_sha256 of the loaded model (what an export records): the tiny model and the
+    core.hashing.weights_sha256 of the loaded model (what an export records): the tiny model and the
     real all-MiniLM-L6-v2 (with its QA head, as saved by save_pretrained)."""
-    from serving import quick_answer
-    from training.checkpoints import weights_sha256
+    from core import hashing
+    from core.hashing import weights_sha256
 
     folder = ws["model_dir"]
-    assert quick_answer.safetensors_weights_sha256(folder / "model.safetensors") == weights_sha256(ws["model"])
+    assert hashing.safetensors_weights_sha256(folder / "model.safetensors") == weights_sha256(ws["model"])
     minilm = require_minilm()
     model = load_model(str(minilm))
     saved = ws["root"] / "minilm-qa"
     model.save_pretrained(saved)
-    assert quick_answer.safetensors_weights_sha256(saved / "model.safetensors") == weights_sha256(model)
+    assert hashing.safetensors_weights_sha256(saved / "model.safetensors") == weights_sha256(model)
 
 
 def test_raw_tokenizer_json_gives_transformers_windows_on_minilm(ws):
@@ -458,10 +458,10 @@ def test_raw_tokenizer_json_gives_transformers_windows_on_minilm(ws):
     from serving import quick_answer
     from core import windows
     from helpers import SHARED_SQUAD_DIR
-    from training.loading import load_tokenizer
+    from core.models import load_tokenizer
 
     folder = require_minilm()
-    tokenizer = load_tokenizer(inference.SimpleNamespace(tokenizer_path=str(folder), do_lower_case=True))
+    tokenizer = load_tokenizer(folder)
     raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
     pad_id = quick_answer.pad_token_id(folder, raw)
     assert pad_id == tokenizer.pad_token_id

@@ -28,7 +28,7 @@ from serving.onnx import export as onnx_export
 from core.errors import UsageError
 from helpers import (REPO_ROOT, TINY_SQUAD_DIR, SharedExports, make_tiny_tokenizer, save_tiny_bert, seed_cache,
                      shared_export, tiny_bert_config, tiny_squad_texts)
-from training.loading import load_model
+from core.models import load_model
 from serving.onnx.backend import OrtLogits
 from search_helpers import MENU
 
@@ -248,7 +248,7 @@ def test_a_file_of_other_weights_of_the_same_shape_is_refused(ws, capsys):
                      *QUESTION, *SIZES)
     assert f"--onnx {ws['onnx']['other']}" in line and "other weights" in line
     meta = onnx_export.read_metadata(onnx.load(str(ws["onnx"]["model"])))
-    from training.checkpoints import weights_sha256
+    from core.hashing import weights_sha256
     assert meta.weights_sha256 == weights_sha256(load_model(str(ws["model_dir"])))
     assert set(json.loads(meta.made_with)) == {"torch", "transformers", "onnx"}
 

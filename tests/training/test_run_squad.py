@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import run_squad
-from training.loading import load_model
+from core.models import load_model
 from training.objective import Objective, sandwich_weight, sub_models_for_step
 from training.runtime import Runtime
 from training.settings import ObjectiveSettings, SandwichSettings, group_from
