@@ -2,10 +2,14 @@
 
 Parsing only; ``settings.build_settings`` turns the parsed flags into checked settings. Nothing
 here imports torch or transformers, so ``--help`` answers at once.
+
+``@FILE`` anywhere on the command line is replaced by the flags in FILE (configs/*.args hold the
+paper's steps): one or more shell-quoted words a line, blank lines and ``#`` lines skipped.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from search.cli import add_search_args
 
@@ -19,11 +23,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-USAGE = "%(prog)s --model_name_or_path DIR --output_dir DIR [--do_train] [--do_eval] [--do_search] [flags below]"
+USAGE = ("%(prog)s [@FILE] --model_name_or_path DIR --output_dir DIR [--do_train] [--do_eval] [--do_search] "
+         "[flags below]")
+
+
+class ArgumentFileParser(argparse.ArgumentParser):
+    """Reads ``@FILE`` as ``--flag value`` lines; argparse's default is one word a line."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fromfile_prefix_chars="@", **kwargs)
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        line = arg_line.strip()
+        if not line or line.startswith("#"):
+            return []
+        try:
+            return shlex.split(line)
+        except ValueError as err:  # an unclosed quote: argparse's one-line error, not a traceback
+            self.error(f"argument file line {line!r}: {err}")
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, usage=USAGE)
+    p = ArgumentFileParser(description=description, formatter_class=HelpFormatter, usage=USAGE)
     add_model_and_data_args(p.add_argument_group("model and data"))
     add_task_args(p.add_argument_group("what to do"))
     add_optimisation_args(p.add_argument_group("optimisation and runtime"))
