@@ -52,7 +52,7 @@ from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_tr
 from inference import QuestionAnswerer, onnx_question_answerer
 from length_drop import is_relative
 
-PAD_LOGIT = -np.inf
+PAST_WIDTH_LOGIT = -np.inf
 
 
 @dataclass
@@ -87,8 +87,8 @@ def make_batches(features, rows: np.ndarray, batch_size: int, order: str, pad: s
 
 
 def run_all(system: System, batches: list[Batch], n: int, width: int):
-    starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, PAD_LOGIT)
+    starts = np.full((n, width), PAST_WIDTH_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, PAST_WIDTH_LOGIT)
     for batch in batches:
         s, e = system.run(batch.inputs)
         w = s.shape[1]

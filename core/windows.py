@@ -170,7 +170,7 @@ def encode_windows(backend, questions: list[str], contexts: list[str], max_seq_l
     return {k: v[order] for k, v in merged.items()}
 
 
-PAD_LOGIT = -np.inf  # the logit of positions past a batch's width: never in the n-best
+PAST_WIDTH_LOGIT = -np.inf  # positions past a batch's width at inference: never in the n-best (the losses use a finite one)
 
 
 def batch_plan(lengths: np.ndarray, full_width: int, batch_size: int, pad_to_max_length: bool = False):

@@ -51,7 +51,7 @@ from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
 from serving.onnx.metadata import Int8Settings
 
-PAD_LOGIT = evaluation.PAD_LOGIT  # positions past a batch's width: never in the n-best
+PAST_WIDTH_LOGIT = evaluation.PAST_WIDTH_LOGIT  # positions past a batch's width: never in the n-best
 
 
 def set_threads(threads) -> None:
@@ -171,7 +171,7 @@ class QuestionAnswerer:
 
     def logits(self, features, progress: bool = False):
         """Start/end logits [N, max_seq_length] in the features' order. Features are run longest
-        first, each batch padded to its own longest feature; the rest of a row is PAD_LOGIT
+        first, each batch padded to its own longest feature; the rest of a row is PAST_WIDTH_LOGIT
         (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
         configurations on)."""
         out = evaluation.sorted_batch_logits(self.provider, features, self.batch_size, self.pad_to_max_length,

@@ -96,8 +96,8 @@ def answer(folder, onnx_path, question: str, context: str, *, max_seq_length: in
                        provider.metadata.max_position_embeddings)
     features = windows.encode_windows(backend, [question], [context], max_seq_length, doc_stride,
                                       max_query_length, pad_id)
-    starts = np.full(features["input_ids"].shape, windows.PAD_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, windows.PAD_LOGIT)
+    starts = np.full(features["input_ids"].shape, windows.PAST_WIDTH_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, windows.PAST_WIDTH_LOGIT)
     for index, width in windows.batch_plan(features["attention_mask"].sum(1), max_seq_length, batch_size):
         batch = (features[name][index, :width] for name in ("input_ids", "attention_mask", "token_type_ids"))
         starts[index, :width], ends[index, :width] = provider(*batch)

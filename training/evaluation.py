@@ -58,12 +58,12 @@ def predict_logits(settings: EvalSettings, model, features, device, length_confi
 
 # forward(input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits), each [B, w]
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]
-PAD_LOGIT = windows.PAD_LOGIT  # positions past a batch's width: never in the n-best
+PAST_WIDTH_LOGIT = windows.PAST_WIDTH_LOGIT  # positions past a batch's width: never in the n-best
 
 
 @dataclass
 class SortedLogits:
-    starts: np.ndarray        # [N, max_seq_length], PAD_LOGIT past each batch's width
+    starts: np.ndarray        # [N, max_seq_length], PAST_WIDTH_LOGIT past each batch's width
     ends: np.ndarray
     forward_seconds: float    # wall time inside ``forward`` (logits copied back included)
 
@@ -86,8 +86,8 @@ def sorted_batch_logits(forward: Forward, features, batch_size: int, pad_to_max_
     ``warm_up``: run the first batch once, untimed, before the timed pass (a configuration's
     first forward pays one-time costs: on a CPU the first call took 15x a later one)."""
     n, width = features.input_ids.shape
-    starts = np.full((n, width), PAD_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, PAD_LOGIT)
+    starts = np.full((n, width), PAST_WIDTH_LOGIT, dtype=np.float32)
+    ends = np.full_like(starts, PAST_WIDTH_LOGIT)
     plan = sorted_batches(features.attention_mask, batch_size, pad_to_max_length)
     if warm_up and plan:
         index, w = plan[0]

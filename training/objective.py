@@ -15,19 +15,19 @@ from training.settings import ObjectiveSettings, SandwichSettings
 
 # Span logit given to padded positions when the losses run over real tokens only: exp() of it is
 # exactly 0 in float32 next to any real logit, and unlike -inf it keeps KL terms finite.
-PADDING_LOGIT = -1e4
+MASKED_SPAN_LOGIT = -1e4
 
 
 def mask_padding_logits(outputs, attention_mask, start_positions=None, end_positions=None):
-    """``outputs`` with padded positions' span logits set to ``PADDING_LOGIT`` and the span loss
+    """``outputs`` with padded positions' span logits set to ``MASKED_SPAN_LOGIT`` and the span loss
     recomputed from them: every softmax (span loss, prediction and in-place distillation) then
     runs over real tokens only, so a batch padded to --max_seq_length and the same batch cut to
     its longest real sequence give the same losses (``--train_padding longest``)."""
     from modeling_bert import BertForQuestionAnswering
 
     padded = attention_mask == 0
-    start = outputs.start_logits.masked_fill(padded, PADDING_LOGIT)
-    end = outputs.end_logits.masked_fill(padded, PADDING_LOGIT)
+    start = outputs.start_logits.masked_fill(padded, MASKED_SPAN_LOGIT)
+    end = outputs.end_logits.masked_fill(padded, MASKED_SPAN_LOGIT)
     loss = BertForQuestionAnswering._span_loss(start, end, start_positions, end_positions)
     return dataclasses.replace(outputs, loss=loss, start_logits=start, end_logits=end)
 
