@@ -25,7 +25,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from training import evaluation
+from core import batching
 from core import files
 import utils_squad
 from bench.bench_serving import export_transformers_onnx, ort_session, quantize_onnx
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     _, features = utils_squad.load_or_build_features(
         Path(a.dev_file), tokenizer, max_seq_length=a.max_seq_length, doc_stride=128, max_query_length=64,
         is_training=False, cache_dir=None, overwrite_cache=False, max_examples=a.max_questions)
-    plan = evaluation.sorted_batches(features.attention_mask, a.batch_size)
+    plan = batching.batch_plan(batching.real_lengths(features.attention_mask), features.input_ids.shape[1], a.batch_size)
     feeds = [{"input_ids": features.input_ids[i, :w].numpy(), "attention_mask": features.attention_mask[i, :w].numpy(),
               "token_type_ids": features.token_type_ids[i, :w].numpy()} for i, w in plan]
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,20 +44,18 @@ from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from core import files
+from core import batching, files
+from core.forward import TorchLogits
 from core import postprocess
 import utils_squad
 from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
 from inference import QuestionAnswerer, onnx_question_answerer
 from length_drop import is_relative
 
-PAST_WIDTH_LOGIT = -np.inf
-
-
 @dataclass
 class Batch:
     rows: np.ndarray          # feature indices
-    inputs: dict              # input_ids, attention_mask, token_type_ids (torch, int64)
+    inputs: tuple             # input_ids, attention_mask, token_type_ids (torch, int64)
 
 
 @dataclass
@@ -67,44 +64,25 @@ class System:
     family: str               # "transformers" or "ours"
     order: str                # "file" or "sorted"
     pad: str                  # "max" or "longest"
-    run: Callable[[dict], tuple]   # inputs -> (start_logits, end_logits) numpy
+    run: batching.Forward     # (input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits) numpy
     length_config: object = None
 
-
-def make_batches(features, rows: np.ndarray, batch_size: int, order: str, pad: str) -> list[Batch]:
-    lengths = features.attention_mask[rows].sum(1).numpy()
-    if order == "sorted":
-        rows = rows[np.argsort(-lengths, kind="stable")]
-    width = features.input_ids.shape[1]
-    batches = []
-    for i in range(0, len(rows), batch_size):
-        index = rows[i:i + batch_size]
-        w = width if pad == "max" else int(features.attention_mask[index].sum(1).max())
-        batches.append(Batch(index, {"input_ids": features.input_ids[index, :w],
-                                     "attention_mask": features.attention_mask[index, :w],
-                                     "token_type_ids": features.token_type_ids[index, :w]}))
-    return batches
+    def plan(self, features, rows: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:
+        """``batching.batch_plan`` of the features ``rows``, in this system's order and padding."""
+        lengths = batching.real_lengths(features.attention_mask[rows])
+        plan = batching.batch_plan(lengths, features.input_ids.shape[1], batch_size, self.pad == "max",
+                                   sort=self.order == "sorted")
+        return [(rows[index], width) for index, width in plan]
 
 
-def run_all(system: System, batches: list[Batch], n: int, width: int):
-    starts = np.full((n, width), PAST_WIDTH_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, PAST_WIDTH_LOGIT)
-    for batch in batches:
-        s, e = system.run(batch.inputs)
-        w = s.shape[1]
-        starts[batch.rows, :w], ends[batch.rows, :w] = s, e
-    return starts, ends
+def make_batches(system: System, features, rows: np.ndarray, batch_size: int) -> list[Batch]:
+    """The system's batches of the features ``rows``, cut ahead of the timing."""
+    inputs = (features.input_ids, features.attention_mask, features.token_type_ids)
+    return [Batch(index, batching.batch_inputs(inputs, index, width))
+            for index, width in system.plan(features, rows, batch_size)]
 
 
 # ---- systems ---------------------------------------------------------------------------------
-
-def torch_runner(model, **kwargs):
-    @torch.inference_mode()
-    def run(inputs):
-        out = model(**inputs, **kwargs)
-        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
-    return run
-
 
 def ort_session(path, threads: int):
     """An ONNX Runtime CPU session of ``path`` on ``threads`` intra-op threads (one inter-op)."""
@@ -120,8 +98,9 @@ def ort_runner(path, threads):
     session = ort_session(path, threads)
     names = [i.name for i in session.get_inputs()]
 
-    def run(inputs):
-        start, end = session.run(None, {k: inputs[k].numpy() for k in names})
+    def run(*inputs):
+        feed = dict(zip(("input_ids", "attention_mask", "token_type_ids"), inputs))
+        start, end = session.run(None, {k: feed[k].numpy() for k in names})
         return start, end
     return run
 
@@ -160,7 +139,7 @@ def baseline_systems(model_dir: Path, threads: int, workdir: Path) -> list[Syste
             export_transformers_onnx(hf, fp32)
         quantize_onnx(fp32, int8)
     torch_int8 = torch.ao.quantization.quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8)
-    run_hf = torch_runner(hf)
+    run_hf = TorchLogits(hf)
     return [
         System(PADDED, "transformers", "file", "max", run_hf),
         System("transformers, longest, file order", "transformers", "file", "longest", run_hf),
@@ -168,7 +147,7 @@ def baseline_systems(model_dir: Path, threads: int, workdir: Path) -> list[Syste
         System("ONNX Runtime fp32, sorted", "transformers", "sorted", "longest", ort_runner(fp32, threads)),
         System("ONNX Runtime int8, sorted", "transformers", "sorted", "longest", ort_runner(int8, threads)),
         System("torch quantize_dynamic int8, sorted", "transformers", "sorted", "longest",
-               torch_runner(torch_int8)),
+               TorchLogits(torch_int8)),
     ]
 
 
@@ -189,9 +168,7 @@ def our_systems(model_dir: Path, configs, backends, threads: int, workdir: Path)
     for name, config in configs:
         for backend in backends:
             qa = our_answerer(model_dir, config, backend, threads, workdir)
-            run = (lambda provider: lambda inputs: provider(
-                inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]))(qa.provider)
-            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest", run, config))
+            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest", qa.provider, config))
     return systems
 
 
@@ -209,21 +186,21 @@ def our_answerer(model_dir, config, backend, threads, workdir):
 def time_systems(systems, batches_of, repeats: int, desc: str) -> dict:
     for system in systems:  # warm-up
         for batch in batches_of[system.name]:
-            system.run(batch.inputs)
+            system.run(*batch.inputs)
     times = {s.name: [] for s in systems}
     for _ in tqdm(range(repeats), desc=desc, leave=False):
         for system in systems:
             start = time.perf_counter()
             for batch in batches_of[system.name]:
-                system.run(batch.inputs)
+                system.run(*batch.inputs)
             times[system.name].append(time.perf_counter() - start)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
 def score(system, examples, features, gold, batch_size) -> dict:
-    n, width = features.input_ids.shape
-    batches = make_batches(features, np.arange(n), batch_size, system.order, system.pad)
-    starts, ends = run_all(system, batches, n, width)
+    inputs = (features.input_ids, features.attention_mask, features.token_type_ids)
+    out = batching.plan_logits(system.run, inputs, system.plan(features, np.arange(len(features)), batch_size))
+    starts, ends = out.starts, out.ends
     predictions, _ = postprocess.postprocess_predictions(examples, features, starts, ends, 20, 30)
     per_question = [100.0 * metric_max_over_ground_truths(f1_score, predictions[q], answers)
                     for q, answers in gold.items()]
@@ -300,7 +277,7 @@ def main(argv=None):
             args.model, configs, backends, threads, workdir)
         for batch_size in batch_sizes:
             timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
-            batches_of = {s.name: make_batches(features, timed, batch_size, s.order, s.pad) for s in systems}
+            batches_of = {s.name: make_batches(s, features, timed, batch_size) for s in systems}
             seconds = time_systems(systems, batches_of, args.repeats, f"{threads} threads, batch {batch_size}")
             sorted_base = seconds["transformers, sorted + longest"]
             padded_base = seconds[PADDED]

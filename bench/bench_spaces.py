@@ -31,7 +31,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from training import evaluation
-from core import files
+from core import batching, files
+from core.forward import TorchLogits
 from search import menu as length_menu
 import run_squad
 from core.errors import PROJECT_ERRORS, exit_code
@@ -112,8 +113,8 @@ def retime(model, features, device, batch_size: int, configs: list, repeats: int
     times = [[] for _ in configs]
     for repeat in range(repeats):
         for i, config in enumerate(configs):
-            forward = evaluation.torch_forward(model, device, config)
-            out = evaluation.sorted_batch_logits(forward, features, batch_size, warm_up=True)
+            out = batching.sorted_batch_logits(TorchLogits(model, config, device), evaluation.model_inputs(features),
+                                               batch_size, warm_up=True)
             times[i].append(out.forward_seconds)
         print(f"timing: repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
     return [statistics.median(t) for t in times]

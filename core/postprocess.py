@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.batching import to_numpy
 from core.files import atomic_write_json
 
 # --------------------------------------------------------------------------------------------
@@ -51,12 +52,6 @@ def _softmax(scores: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def _as_numpy(logits) -> np.ndarray:
-    if hasattr(logits, "detach"):  # a torch tensor (torch itself is not imported here)
-        logits = logits.detach().cpu().float().numpy()
-    return np.asarray(logits, dtype=np.float64)
-
-
 def postprocess_predictions(examples: list, features, start_logits,
                             end_logits, n_best_size: int = 20, max_answer_length: int = 30,
                             with_offsets: bool = False):
@@ -69,7 +64,7 @@ def postprocess_predictions(examples: list, features, start_logits,
     context by character offsets and de-duplicated. ``with_offsets``: each n-best entry also
     has the answer's character ``start`` and ``end`` in the context (None for the placeholder).
     """
-    start_logits, end_logits = _as_numpy(start_logits), _as_numpy(end_logits)
+    start_logits, end_logits = to_numpy(start_logits, np.float64), to_numpy(end_logits, np.float64)
     starts, ends = features.context_offsets()
     if start_logits.shape != starts.shape or end_logits.shape != starts.shape:
         raise ValueError(f"logits must have the features' shape {starts.shape}, got "

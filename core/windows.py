@@ -7,7 +7,6 @@ file starts without torch or transformers.
 
 Questions are cut to ``max_query_length`` tokens; contexts are split into windows that start every
 ``doc_stride`` context tokens (the reference windowing), each padded to ``max_seq_length``.
-``batch_plan`` is the inference batching: longest windows first, each batch cut to its longest.
 """
 from __future__ import annotations
 
@@ -168,18 +167,3 @@ def encode_windows(backend, questions: list[str], contexts: list[str], max_seq_l
     merged = {k: np.concatenate(v) for k, v in parts.items()}
     order = np.argsort(merged["example_index"], kind="stable")  # pair order, windows in order
     return {k: v[order] for k, v in merged.items()}
-
-
-PAST_WIDTH_LOGIT = -np.inf  # positions past a batch's width at inference: never in the n-best (the losses use a finite one)
-
-
-def batch_plan(lengths: np.ndarray, full_width: int, batch_size: int, pad_to_max_length: bool = False):
-    """[(window indices, width)]: longest windows first (a stable sort, so equal lengths keep
-    their order), each batch cut to its longest real sequence (or ``full_width``)."""
-    lengths = np.asarray(lengths)
-    order = np.argsort(-lengths, kind="stable")
-    plan = []
-    for i in range(0, lengths.size, batch_size):
-        index = order[i:i + batch_size]
-        plan.append((index, full_width if pad_to_max_length else int(lengths[index].max())))
-    return plan

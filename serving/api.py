@@ -22,7 +22,7 @@ push real tokens out (a random model even answers "empty"). So answers equal ``-
 wherever no padding logit ranks there; ``pad_to_max_length=True`` (``--pad_to_max_length``) pads
 every batch to ``max_seq_length`` and reproduces ``--do_eval``'s predictions exactly.
 
-Logits come from a logits provider: the PyTorch model (``TorchLogits``) or an exported ONNX file
+Logits come from a logits provider: the PyTorch model (``core.forward.TorchLogits``) or an exported ONNX file
 run by ONNX Runtime (``ort_backend.OrtLogits``); batching, windows and answers are the same.
 ``--int8`` runs ONNX Runtime's dynamic quantisation of the exported model (with the torch
 backend the model is exported into a cache folder first, ``onnx_cache``).
@@ -36,13 +36,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from training import evaluation
 from core import files
 from search import menu as length_menu
 from serving.onnx import export as onnx_export
 from serving.onnx import backend as ort_backend
 from core import postprocess
 import utils_squad
+from core import batching
+from core.forward import TorchLogits
 from core.checks import (WINDOW_DEFAULTS, WINDOW_FLAGS, check_threads, check_window_flags, checked_length_config,
                          read_model_config, window_settings)
 from core.hashing import weights_sha256
@@ -50,9 +51,6 @@ from serving.settings import check_backend, check_text
 from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
 from serving.onnx.metadata import Int8Settings
-
-PAST_WIDTH_LOGIT = evaluation.PAST_WIDTH_LOGIT  # positions past a batch's width: never in the n-best
-
 
 def set_threads(threads) -> None:
     """torch's threads (ONNX Runtime's are set per session from the same number)."""
@@ -69,21 +67,6 @@ class LogitsProvider(Protocol):
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class TorchLogits:
-    """The PyTorch model at a length configuration, as a logits provider."""
-
-    def __init__(self, model, length_config=None, device="cpu"):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.length_config = length_config
-
-    @torch.no_grad()
-    def __call__(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                         token_type_ids=token_type_ids.to(self.device), length_config=self.length_config)
-        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
 
 
 class QuestionAnswerer:
@@ -171,11 +154,11 @@ class QuestionAnswerer:
 
     def logits(self, features, progress: bool = False):
         """Start/end logits [N, max_seq_length] in the features' order. Features are run longest
-        first, each batch padded to its own longest feature; the rest of a row is PAST_WIDTH_LOGIT
-        (``evaluation.sorted_batch_logits``, the batching the search evaluates relative
-        configurations on)."""
-        out = evaluation.sorted_batch_logits(self.provider, features, self.batch_size, self.pad_to_max_length,
-                                             progress)
+        first, each batch padded to its own longest feature; the rest of a row is
+        ``batching.PAST_WIDTH_LOGIT`` (``batching.sorted_batch_logits``, the batching the search
+        evaluates relative configurations on)."""
+        inputs = (features.input_ids, features.attention_mask, features.token_type_ids)
+        out = batching.sorted_batch_logits(self.provider, inputs, self.batch_size, self.pad_to_max_length, progress)
         return out.starts, out.ends
 
     # ---- answers ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 imports neither torch nor transformers, which take most of the PyTorch path's start (docs/onnx.md,
 "One answer from the command line"). The answer is ``QuestionAnswerer.answer``'s: the same
 windows (``windows.encode_windows`` on the folder's ``tokenizer.json``), the same batches
-(``windows.batch_plan``), the same ONNX Runtime session (``ort_backend.OrtLogits``) and the same
+(``batching.sorted_batch_logits``), the same ONNX Runtime session (``ort_backend.OrtLogits``) and the same
 n-best rules (``postprocess``).
 
 ``answer`` returns None where this path cannot vouch for that, and the caller takes the full
@@ -22,7 +22,7 @@ import numpy as np
 
 from serving.onnx import backend as ort_backend
 from core import postprocess
-from core import windows
+from core import batching, windows
 from core.checks import check_window_flags, read_model_config
 from core.hashing import safetensors_weights_sha256
 
@@ -96,11 +96,9 @@ def answer(folder, onnx_path, question: str, context: str, *, max_seq_length: in
                        provider.metadata.max_position_embeddings)
     features = windows.encode_windows(backend, [question], [context], max_seq_length, doc_stride,
                                       max_query_length, pad_id)
-    starts = np.full(features["input_ids"].shape, windows.PAST_WIDTH_LOGIT, dtype=np.float32)
-    ends = np.full_like(starts, windows.PAST_WIDTH_LOGIT)
-    for index, width in windows.batch_plan(features["attention_mask"].sum(1), max_seq_length, batch_size):
-        batch = (features[name][index, :width] for name in ("input_ids", "attention_mask", "token_type_ids"))
-        starts[index, :width], ends[index, :width] = provider(*batch)
+    inputs = tuple(features[name] for name in ("input_ids", "attention_mask", "token_type_ids"))
+    out = batching.sorted_batch_logits(provider, inputs, batch_size)
+    starts, ends = out.starts, out.ends
     _, nbest = postprocess.postprocess_predictions(
         [Question("0", context)], Windows(features["example_index"], features["starts"], features["ends"]),
         starts, ends, n_best_size, max_answer_length, with_offsets=True)

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from training.checkpoints import keeps_training_state, restore_rng_state, rng_state, save_checkpoint, unwrap
 from training.objective import Objective, sandwich_weight, sub_models_for_step
-from training.runtime import Runtime, autocast_context, set_seed
+from core.forward import autocast_context
+from training.runtime import Runtime, set_seed
 from training.settings import TRAINING_STATE, SandwichSettings, TrainSettings
 
 logger = logging.getLogger("run_squad")

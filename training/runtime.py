@@ -1,7 +1,6 @@
 """Where the work runs: device, torch.distributed ranks, seeds and autocast precision."""
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -49,13 +48,3 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(precision: str, device: torch.device):
-    """Autocast for "bf16" / "fp16"; nothing for "fp32"."""
-    if precision in AUTOCAST_DTYPES:
-        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
-    return contextlib.nullcontext()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core import files
+from core.batching import to_numpy
 import length_drop
 from serving.onnx import cache as onnx_cache
 from serving.onnx import metadata as onnx_metadata
@@ -104,14 +105,10 @@ class OrtLogits:
         return self.metadata.length_config
 
     def __call__(self, input_ids, attention_mask, token_type_ids) -> tuple[np.ndarray, np.ndarray]:
-        feed = {name: np.ascontiguousarray(_numpy(value), dtype=np.int64)
+        feed = {name: np.ascontiguousarray(to_numpy(value, np.int64))
                 for name, value in zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids))}
         start, end = self.session.run(list(OUTPUT_NAMES), feed)
         return start, end
-
-
-def _numpy(value):
-    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
 # --------------------------------------------------------------------------------------------
