@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from core import files
-from search import menu as length_menu
+from serving import menu as length_menu
 from serving.onnx import cache as onnx_cache
 from core.checks import WINDOW_DEFAULTS, check_threads, check_window_flags, read_model_config, window_settings
 from serving.settings import BACKENDS, check_backend, check_text

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 from training import evaluation
 from core import batching, files
 from core.forward import TorchLogits
-from search import menu as length_menu
+from serving import menu as length_menu
 import run_squad
 from core.errors import PROJECT_ERRORS, exit_code
 from core.models import load_model_checked, load_tokenizer

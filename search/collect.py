@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from core.menu_format import MENU_FILE
 from search import menu as length_menu
 from core.errors import UsageError, cli_main
 
@@ -80,7 +81,7 @@ def collect(url: str, study_name: str, output_dir: Path, menu_path: Path | None 
                "rates": description["rates"], "measured_on": measured}
     summary = finalize_outputs(store, description["objective"], output_dir, description["rates"], space, summary)
     if description.get("menu") and store.get(space.full_config) is not None:
-        target = Path(menu_path) if menu_path else output_dir / length_menu.MENU_FILE
+        target = Path(menu_path) if menu_path else output_dir / MENU_FILE
         summary["length_menu"] = str(length_menu.write_search_menu(store.rows, space.full_config,
                                                                    description["menu"], store.path, target))
     return summary

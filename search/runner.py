@@ -30,7 +30,7 @@ def run_search_from_args(args: argparse.Namespace, evaluate_fn: EvaluateFn, num_
 
     ``measured_on``: what the caller's evaluations depend on beyond the search's own settings
     (weights and data fingerprints, lengths); rows in the CSV are reused only when it matches.
-    ``menu_info``: the length menu's details (``length_menu.build_menu``'s ``info``), kept with a
+    ``menu_info``: the length menu's details (``search.menu.build_menu``'s ``info``), kept with a
     shared study so that ``search.collect`` can write the menu.
     Returns the path of search_results.csv. On a backend error the rows already measured stay in
     the CSV (and the outputs are refreshed) before the error propagates.

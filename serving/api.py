@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from core import files
-from search import menu as length_menu
+from serving import menu as length_menu
 from serving.onnx import export as onnx_export
 from serving.onnx import backend as ort_backend
 from core import postprocess

@@ -37,7 +37,7 @@ def test_sorted_batch_logits_puts_every_window_back_in_its_row(as_torch):
     if as_torch:
         inputs = tuple(torch.from_numpy(x) for x in inputs)
     out = batching.sorted_batch_logits(echo, inputs, batch_size=2)
-    ids, mask = batching.to_numpy(inputs[0]), batching.to_numpy(inputs[1])
+    ids = batching.to_numpy(inputs[0])
     # Batch widths: windows 1,3 -> 5; 2,0 -> 3; 4 -> 1. Past its batch's width a row is -inf.
     widths = {1: 5, 3: 5, 2: 3, 0: 3, 4: 1}
     for row, width in widths.items():

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import inference
-from search import menu as length_menu
+from search import menu as menu_writer
+from serving import menu as length_menu
 from core.errors import UsageError
 from helpers import run_inference_cli as run_cli
 from helpers import make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
@@ -121,11 +122,11 @@ def test_build_menu_keeps_the_front_and_measures_speedups():
                                    ((0.5, 0.5), 60.0, 2.0, 4.0, "constant")]]
     info = {"length_space": "relative", "batching": "sorted", "batch_size": 4, "max_seq_length": 128,
             "num_hidden_layers": 2}
-    menu = length_menu.build_menu(rows, (1.0, 1.0), info)
+    menu = menu_writer.build_menu(rows, (1.0, 1.0), info)
     assert menu["speedup_basis"] == "measured"
     assert [e["length_config"] for e in menu["configurations"]] == [[1.0, 1.0], [0.9, 0.8], [0.5, 0.5]]
     assert [e["speedup"] for e in menu["configurations"]] == [1.0, 1.25, 2.5]
-    padded = length_menu.build_menu(rows, (1.0, 1.0), dict(info, batching="padded"))
+    padded = menu_writer.build_menu(rows, (1.0, 1.0), dict(info, batching="padded"))
     assert padded["speedup_basis"] == "macs_ratio"
     assert [e["speedup"] for e in padded["configurations"]] == [1.0, 1.2, 1.3, 2.0]
     assert all(e["measured_speedup"] is None for e in padded["configurations"])
@@ -196,7 +197,7 @@ def test_read_only_model_folder_falls_back_to_the_output_dir(tmp_path, monkeypat
         real(path, obj)
 
     monkeypatch.setattr(files, "atomic_write_json", refuse_model_folder)
-    written = length_menu.write_menu(MENU, tmp_path / "model" / "length_configs.json", tmp_path / "out")
+    written = menu_writer.write_menu(MENU, tmp_path / "model" / "length_configs.json", tmp_path / "out")
     assert written == tmp_path / "out" / "length_configs.json"
     assert length_menu.load_menu(written, 3).full.f1 == 80.0
 

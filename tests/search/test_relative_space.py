@@ -10,7 +10,7 @@ import pytest
 
 from training import evaluation
 import inference
-from search import menu as length_menu
+from serving import menu as length_menu
 import run_squad
 import search
 import utils_squad
