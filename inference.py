@@ -1,4 +1,4 @@
-"""Answer questions with a trained model: the command line of the inference API (``answering.py``).
+"""Answer questions with a trained model: the command line of the inference API (``serving/api.py``).
 
     python inference.py --model DIR --question Q --context C
     python inference.py --model DIR --input dev-v1.1.json --output predictions.json
@@ -7,7 +7,7 @@
 
 Nothing heavy is imported before the flags are checked. One question on an ONNX file
 (``--backend onnxruntime --onnx F --question Q --context C``) is answered by ``quick_answer``
-without torch or transformers; everything else by ``answering.QuestionAnswerer``. The API is
+without torch or transformers; everything else by ``serving.api.QuestionAnswerer``. The API is
 re-exported here: ``from inference import QuestionAnswerer``.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 from core import files
 from serving import menu as length_menu
 from serving.onnx import cache as onnx_cache
-from core.checks import WINDOW_DEFAULTS, check_threads, check_window_flags, read_model_config, window_settings
-from serving.settings import BACKENDS, check_backend, check_text
+from core.checks import WINDOW_DEFAULTS, check_window_flags, read_model_config, window_settings
+from serving.settings import BACKENDS, ServingSettings, check_text
 from core.errors import PROJECT_ERRORS, UsageError, exit_code
 
 
 def __getattr__(name):
-    """The API (``QuestionAnswerer``, ``onnx_question_answerer``, ...) from ``answering.py``,
+    """The API (``QuestionAnswerer``, ``onnx_question_answerer``, ...) from ``serving/api.py``,
     imported on first use so the command line starts without torch."""
     from serving import api as answering
 
@@ -78,14 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_flags(args) -> None:
-    """Every flag and output place, before anything loads (the input file included)."""
+def check_flags(args) -> ServingSettings:
+    """Every flag and output place, before anything loads (the input file included); the settings
+    the answers run with."""
     if args.model is None:
         raise UsageError("--model is required (except with --list_cache or --clear_cache)")
-    check_threads(args.threads)  # torch's are set when the torch backend loads
-    check_backend(args.backend, args.onnx, args.int8, args.device)
-    if isinstance(args.batch_size, int) and args.batch_size < 1:
-        raise UsageError(f"--batch_size must be an integer of at least 1, got {args.batch_size}")
+    settings = ServingSettings.from_args(args)  # torch's threads are set when the torch backend loads
     config = read_model_config(args.model)
     # an export runs at any width up to the model's positions: --max_seq_length only bounds counts
     positions = None if args.export_onnx else config.get("max_position_embeddings")
@@ -104,6 +102,7 @@ def check_flags(args) -> None:
         if problem is not None:
             raise UsageError(f"the ONNX cache folder {cache} (for --int8): {problem}; set "
                              f"${onnx_cache.CACHE_ENV} to another folder")
+    return settings
 
 
 def run_export(args) -> None:
@@ -173,7 +172,7 @@ def run(args) -> None:
     if args.list_cache or args.clear_cache:
         run_cache_command(args)
         return
-    check_flags(args)
+    settings = check_flags(args)
     if args.export_onnx:
         run_export(args)
         return
@@ -198,11 +197,7 @@ def run(args) -> None:
     for example in examples or ():
         check_text(example.question, f"--input {args.input}", f"question {example.qas_id!r}")
         check_text(example.context, f"--input {args.input}", f"context of question {example.qas_id!r}")
-    qa = QuestionAnswerer.from_pretrained(
-        args.model, args.length_config, args.max_seq_length, args.doc_stride, args.max_query_length,
-        args.n_best_size, args.max_answer_length, args.batch_size, args.device, args.threads,
-        args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx, int8=args.int8,
-        speedup=args.speedup, max_f1_drop=args.max_f1_drop, menu=args.menu)
+    qa = QuestionAnswerer.from_settings(args.model, settings)
     if args.int8 and args.backend == "torch":
         print("inference.py: --int8 runs an int8 ONNX Runtime copy of the model (exported once into "
               f"{onnx_cache.default_cache_dir()})", file=sys.stderr)

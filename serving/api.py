@@ -7,7 +7,7 @@ command line and re-exports it: ``from inference import QuestionAnswerer``).
     qa = QuestionAnswerer.from_pretrained("output/step4", speedup=2.0)   # from the model's length menu
 
 ``speedup=X`` / ``max_f1_drop=D`` (``--speedup``, ``--max_f1_drop``) choose a configuration from the
-menu the search stored with the checkpoint (``length_menu.py``): the most accurate one at least X
+menu the search stored with the checkpoint (``serving/menu.py``): the most accurate one at least X
 times faster than full length, or the fastest within D F1 points of it.
 
 Contexts longer than ``max_seq_length`` are cut into the training windows
@@ -25,11 +25,11 @@ every batch to ``max_seq_length`` and reproduces ``--do_eval``'s predictions exa
 Logits come from a logits provider: the PyTorch model (``core.forward.TorchLogits``) or an exported ONNX file
 run by ONNX Runtime (``ort_backend.OrtLogits``); batching, windows and answers are the same.
 ``--int8`` runs ONNX Runtime's dynamic quantisation of the exported model (with the torch
-backend the model is exported into a cache folder first, ``onnx_cache``).
+backend the model is exported into a cache folder first, ``serving.onnx.cache``).
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from pathlib import Path
 from typing import Protocol
 
@@ -44,10 +44,9 @@ from core import postprocess
 import utils_squad
 from core import batching
 from core.forward import TorchLogits
-from core.checks import (WINDOW_DEFAULTS, WINDOW_FLAGS, check_threads, check_window_flags, checked_length_config,
-                         read_model_config, window_settings)
+from core.checks import check_threads, check_window_flags, checked_length_config, read_model_config, window_settings
 from core.hashing import weights_sha256
-from serving.settings import check_backend, check_text
+from serving.settings import ServingSettings, check_text
 from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
 from serving.onnx.metadata import Int8Settings
@@ -100,48 +99,56 @@ class QuestionAnswerer:
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
 
     @classmethod
-    def from_pretrained(cls, folder, length_config=None, max_seq_length=None, doc_stride=None,
-                        max_query_length=None, n_best_size=20, max_answer_length=30, batch_size=32,
-                        device="cpu", threads=None, pad_to_max_length=False, *, backend="torch",
-                        onnx_path=None, int8=False, int8_settings: Int8Settings = Int8Settings(),
-                        cache_dir=None, speedup=None, max_f1_drop=None, menu=None) -> "QuestionAnswerer":
-        """The folder gives the tokenizer and model config. ``backend="torch"`` runs its weights
-        (``int8=True``: an int8 ONNX Runtime copy, exported into ``cache_dir``, see
-        ``onnx_cache``); ``backend="onnxruntime"`` runs the ONNX file ``onnx_path``
-        (``int8=True`` quantises a float32 file into ``cache_dir`` first).
+    def from_pretrained(cls, folder, length_config=None, settings: ServingSettings | None = None,
+                        **flags) -> "QuestionAnswerer":
+        """The folder's model as ``settings`` say (``ServingSettings``), or as its keywords say
+        (``max_seq_length=128, backend="onnxruntime", onnx_path=..., speedup=2.0``, ...: the
+        defaults of ``ServingSettings`` otherwise). The folder gives the tokenizer and model config.
+        ``backend="torch"`` runs its weights (``int8=True``: an int8 ONNX Runtime copy, exported into
+        ``cache_dir``, see ``serving.onnx.cache``); ``backend="onnxruntime"`` runs the ONNX file
+        ``onnx_path`` (``int8=True`` quantises a float32 file into ``cache_dir`` first).
         ``speedup``/``max_f1_drop`` (one at most, instead of ``length_config``): the length
-        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``). Window
-        settings left None are the model's own (``window_settings``)."""
-        set_threads(threads)
-        check_backend(backend, onnx_path, int8, device)
+        configuration chosen from ``menu`` (default ``<folder>/length_configs.json``)."""
+        settings = settings or ServingSettings()
+        if length_config is not None or flags:
+            settings = dataclasses.replace(settings, **flags, **(
+                {"length_config": length_config} if length_config is not None else {}))
+        return cls.from_settings(folder, settings)
+
+    @classmethod
+    def from_settings(cls, folder, settings: ServingSettings, export_onnx: bool = False) -> "QuestionAnswerer":
+        """``from_pretrained``'s work. ``export_onnx``: run the folder's weights with ONNX Runtime
+        (float32, or int8 with ``settings.int8``), exported into the cache first."""
+        set_threads(settings.threads)
         config = read_model_config(folder)  # wrong settings are said before any weights load
-        max_seq_length, doc_stride, max_query_length = window_settings(
-            folder, max_seq_length, doc_stride, max_query_length).values()
-        check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
-                           config.get("max_position_embeddings"))
+        windows = settings.windows(folder, config.get("max_position_embeddings"))
         layers = config["num_hidden_layers"]
-        length_config = checked_length_config(length_config, layers, max_seq_length)
-        choice = length_menu.pick(folder, layers, length_config, speedup, max_f1_drop, menu)
+        length_config = checked_length_config(settings.length_config, layers, windows["max_seq_length"])
+        choice = length_menu.pick(folder, layers, length_config, settings.speedup, settings.max_f1_drop,
+                                  settings.menu)
         if choice is not None:
-            length_config = length_menu.choice_config(choice, layers, max_seq_length)
-        if backend == "onnxruntime" or int8:
-            ort_backend.check_onnx_padding(length_config, pad_to_max_length)
+            length_config = length_menu.choice_config(choice, layers, windows["max_seq_length"])
+        runs_onnx = export_onnx or settings.exports_onnx
+        if runs_onnx:
+            ort_backend.check_onnx_padding(length_config, settings.pad_to_max_length)
         tokenizer = load_tokenizer(folder)
-        settings = (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, batch_size)
-        if backend == "torch" and not int8:
+        answering = dict(windows, n_best_size=settings.n_best_size, max_answer_length=settings.max_answer_length,
+                         batch_size=settings.batch_size, device=settings.device,
+                         pad_to_max_length=settings.pad_to_max_length)
+        if not runs_onnx:
             model = load_model_checked(str(folder), "--model")
             if choice is not None:
-                length_menu.check_choice_fits(choice, weights_sha256(model), max_seq_length, doc_stride,
-                                              max_query_length, batch_size)
-            qa = cls(model, tokenizer, length_config, *settings, device, pad_to_max_length)
+                length_menu.check_choice_fits(choice, weights_sha256(model), windows["max_seq_length"],
+                                              windows["doc_stride"], windows["max_query_length"], settings.batch_size)
+            qa = cls(model, tokenizer, length_config, **answering)
         else:
             weights = ort_backend.folder_weights_sha256(folder)  # what every ONNX file is checked against
             if choice is not None:  # before any export: a menu of other weights is refused on every backend
-                length_menu.check_choice_fits(choice, weights, max_seq_length, doc_stride, max_query_length,
-                                              batch_size)
-            provider = ort_backend.onnx_provider(folder, config, length_config, onnx_path, int8, int8_settings,
-                                                 threads, cache_dir, weights)
-            qa = cls(provider, tokenizer, None, *settings, device, pad_to_max_length)
+                length_menu.check_choice_fits(choice, weights, windows["max_seq_length"], windows["doc_stride"],
+                                              windows["max_query_length"], settings.batch_size)
+            provider = ort_backend.onnx_provider(folder, config, length_config, settings.onnx_path, settings.int8,
+                                                 settings.int8_settings, settings.threads, settings.cache_dir, weights)
+            qa = cls(provider, tokenizer, None, **answering)
         qa.menu_choice = choice
         return qa
 
@@ -193,24 +200,12 @@ class QuestionAnswerer:
         return self.answer_batch([(question, context)])[0]
 
 
-def onnx_question_answerer(folder, length_config=None, int8: bool = False, *, threads=None, cache_dir=None,
-                           int8_settings: Int8Settings = Int8Settings(), **settings) -> "QuestionAnswerer":
+def onnx_question_answerer(folder, length_config=None, int8: bool = False, **flags) -> "QuestionAnswerer":
     """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
-    exported (and quantised) into ``cache_dir`` (default: a temporary folder) unless already
-    there. ``settings``: ``QuestionAnswerer.from_pretrained``'s (max_seq_length, batch_size, ...)."""
-    set_threads(threads)
-    config = read_model_config(folder)
-    windows = {name: settings.pop(name, None) for name in WINDOW_DEFAULTS}
-    settings.update(window_settings(folder, **windows))
-    defaults = inspect.signature(QuestionAnswerer.__init__).parameters
-    window = [settings.get(name, defaults[name].default) for name in WINDOW_FLAGS]
-    check_window_flags(*window, config.get("max_position_embeddings"))
-    length_config = checked_length_config(length_config, config["num_hidden_layers"], settings["max_seq_length"])
-    ort_backend.check_onnx_padding(length_config, settings.get("pad_to_max_length", False))
-    provider = ort_backend.onnx_provider(folder, config, length_config, None, int8, int8_settings, threads, cache_dir,
-                                         ort_backend.folder_weights_sha256(folder))
-    tokenizer = load_tokenizer(folder)
-    return QuestionAnswerer(provider, tokenizer, **settings)
+    exported (and quantised) into ``cache_dir`` (default: the ONNX cache folder) unless already
+    there. ``flags``: ``ServingSettings``' (max_seq_length, batch_size, threads, cache_dir, ...)."""
+    settings = ServingSettings(length_config=length_config, int8=int8, **flags)
+    return QuestionAnswerer.from_settings(folder, settings, export_onnx=True)
 
 
 def export_model(folder, path, length_config=None, max_seq_length=None, int8=False,

@@ -1,14 +1,18 @@
 """What inference.py and the ``QuestionAnswerer`` API check before anything loads beyond
-``core.checks`` (the model folder, its config and windows): the texts asked about, the backend flags.
+``core.checks`` (the model folder, its config and windows): the texts asked about, the backend flags,
+and the one frozen ``ServingSettings`` both build.
 No torch and no transformers here, so the command line's errors and its ONNX Runtime answers
 (``quick_answer``) come without their imports.
 """
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 
-from core.checks import check_device
+from core.checks import check_device, check_threads, check_window_flags, window_settings
 from core.errors import UsageError
+from serving.menu import check_budget_flags
+from serving.onnx.metadata import Int8Settings
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -40,3 +44,60 @@ def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
     if (backend == "onnxruntime" or int8) and str(device).split(":")[0] != "cpu":
         what = "--int8" if int8 else "--backend onnxruntime"
         raise UsageError(f"{what} runs on the CPU (ONNX Runtime's CPU provider); drop --device {device}")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """How a ``QuestionAnswerer`` runs, checked once when built (flags that cannot go together, bad
+    numbers), before anything is read or loaded; the model folder's own checks (its config, the
+    windows against its positions, the menu) come in ``QuestionAnswerer.from_settings``. The
+    command line builds one from its flags (``from_args``), the API from keywords: the same checks
+    and defaults for both. Windows left None are the model's own (``core.checks.window_settings``)."""
+
+    length_config: object = None       # token counts or keep fractions per layer; a JSON list's text too
+    max_seq_length: int | None = None
+    doc_stride: int | None = None
+    max_query_length: int | None = None
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    batch_size: int = 32
+    pad_to_max_length: bool = False
+    backend: str = "torch"             # "torch": the folder's weights; "onnxruntime": the file onnx_path
+    onnx_path: str | None = None
+    int8: bool = False                 # ONNX Runtime dynamic int8 (of onnx_path, or of the folder's export)
+    int8_settings: Int8Settings = Int8Settings()
+    device: str = "cpu"
+    threads: int | None = None         # torch's and ONNX Runtime's (None: torch's choice)
+    cache_dir: str | None = None       # where exports and int8 copies are kept (None: the default cache)
+    speedup: float | None = None       # choose the configuration from the model's length menu ...
+    max_f1_drop: float | None = None   # ... by one budget
+    menu: str | None = None            # the menu file (None: <model>/length_configs.json)
+
+    def __post_init__(self):
+        check_threads(self.threads)
+        check_backend(self.backend, self.onnx_path, self.int8, self.device)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"--batch_size must be an integer of at least 1, got {self.batch_size!r}")
+        check_budget_flags(self.length_config, self.speedup, self.max_f1_drop, self.menu)
+
+    @classmethod
+    def from_args(cls, args) -> "ServingSettings":
+        """From ``inference.py``'s parsed flags."""
+        return cls(length_config=args.length_config, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+                   max_query_length=args.max_query_length, n_best_size=args.n_best_size,
+                   max_answer_length=args.max_answer_length, batch_size=args.batch_size,
+                   pad_to_max_length=args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx,
+                   int8=args.int8, device=args.device, threads=args.threads, speedup=args.speedup,
+                   max_f1_drop=args.max_f1_drop, menu=args.menu)
+
+    def windows(self, folder, max_position_embeddings: int | None = None) -> dict:
+        """max_seq_length, doc_stride and max_query_length, the model's own where left None, checked
+        with the n-best settings against the model's positions."""
+        window = window_settings(folder, self.max_seq_length, self.doc_stride, self.max_query_length)
+        check_window_flags(*window.values(), self.n_best_size, self.max_answer_length, max_position_embeddings)
+        return window
+
+    @property
+    def exports_onnx(self) -> bool:
+        """Whether the answers come from ONNX Runtime (a given file, or the folder's int8 copy)."""
+        return self.backend == "onnxruntime" or self.int8
