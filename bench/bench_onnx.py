@@ -26,7 +26,7 @@ import evaluate_squad
 import inference
 import length_drop
 import utils_squad
-from serving.onnx.export import Int8Settings
+from serving.onnx.int8 import Int8Settings
 from tools.tiny_models import minilm_dir
 
 

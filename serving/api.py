@@ -49,7 +49,7 @@ from core.hashing import weights_sha256
 from serving.settings import ServingSettings, check_text
 from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
-from serving.onnx.metadata import Int8Settings
+from serving.onnx.int8 import Int8Settings
 
 def set_threads(threads) -> None:
     """torch's threads (ONNX Runtime's are set per session from the same number)."""

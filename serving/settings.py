@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from core.checks import check_device, check_threads, check_window_flags, window_settings
 from core.errors import UsageError
 from serving.menu import check_budget_flags
-from serving.onnx.metadata import Int8Settings
+from serving.onnx.int8 import Int8Settings
 
 BACKENDS = ("torch", "onnxruntime")
 

@@ -19,7 +19,8 @@ import length_drop
 from serving.onnx import cache as onnx_cache
 from serving.onnx import metadata as onnx_metadata
 from core.errors import UsageError
-from serving.onnx.metadata import (INPUT_NAMES, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata, metadata_of_session,
+from serving.onnx.int8 import Int8Settings
+from serving.onnx.metadata import (INPUT_NAMES, OUTPUT_NAMES, OldFormatError, OnnxMetadata, metadata_of_session,
                          read_metadata)
 from core.errors import first_line
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from core import files
 from serving.onnx import metadata as onnx_metadata
-from serving.onnx.metadata import Int8Settings
+from serving.onnx import int8 as onnx_int8
+from serving.onnx.int8 import Int8Settings
 from core.checks import WEIGHT_FILES
 from core.hashing import file_sha256
 
@@ -91,7 +92,7 @@ def exported_file(folder, length_config=None, int8: bool = False, int8_settings:
         return fp32
     # keyed by what the float32 file is made from, not its bytes: one int8 file per model and configuration
     return _cached(cache, _key([fp32_key, int8_settings.key(), _versions()]) + "-int8",
-                   lambda path: onnx_metadata.quantize_int8(fp32, path, int8_settings),
+                   lambda path: onnx_int8.quantize_int8(fp32, path, int8_settings),
                    {**made_from, "precision": "int8", "int8_settings": int8_settings.key()})
 
 
@@ -100,7 +101,7 @@ def int8_file(fp32_file, int8_settings: Int8Settings = Int8Settings(), cache_dir
     ``cache_dir`` unless a checked one is there."""
     cache = _cache(cache_dir)
     key = _key([file_sha256(fp32_file), int8_settings.key(), _versions()]) + "-int8"
-    return _cached(cache, key, lambda path: onnx_metadata.quantize_int8(fp32_file, path, int8_settings),
+    return _cached(cache, key, lambda path: onnx_int8.quantize_int8(fp32_file, path, int8_settings),
                    {"onnx": str(Path(fp32_file).absolute()), "precision": "int8",
                     "int8_settings": int8_settings.key()})
 

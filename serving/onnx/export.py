@@ -12,8 +12,8 @@ to their longest (as ``inference.py`` pads them). The exporter is torch's dynamo
 (``torch.export``); under it the model takes its explicit-softmax attention path (see
 ``modeling_bert._drop_decision`` and ``select_tokens``).
 
-The file's metadata and the int8 form (``quantize_int8``, ``Int8Settings``) are in ``onnx_format``,
-which needs no torch; the names are re-exported here.
+The file's metadata (``serving.onnx.metadata``) and the int8 form (``serving.onnx.int8``) need no
+torch; their names are re-exported here.
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 import length_drop
-# The file format and int8 live in onnx_format (no torch); re-exported for callers of onnx_export.
+# The file format and int8 need no torch; re-exported for callers of serving.onnx.export.
+from serving.onnx.int8 import Int8Settings, nodes_of_modules, quantize_int8  # noqa: F401
 from serving.onnx.metadata import (  # noqa: F401
-    EXPORT_FORMAT_VERSION, INPUT_NAMES, METADATA_PREFIX, OUTPUT_NAMES, Int8Settings, OldFormatError, OnnxMetadata,
-    check_length_config_of, made_with, nodes_of_modules, quantize_int8, quiet, read_metadata, save, set_metadata)
+    EXPORT_FORMAT_VERSION, INPUT_NAMES, METADATA_PREFIX, OUTPUT_NAMES, OldFormatError, OnnxMetadata,
+    check_length_config_of, made_with, quiet, read_metadata, save, set_metadata)
 
 
 # --------------------------------------------------------------------------------------------
