@@ -98,6 +98,16 @@ def build_models(config, device):
     return theirs.eval().to(device), ours.eval().to(device)
 
 
+def over_batches(call, batch_list):
+    """A zero-argument run of ``call(input_ids, attention_mask, token_type_ids)`` over every batch,
+    without autograd: what ``time_interleaved`` times."""
+    def run():
+        with torch.inference_mode():
+            for ids, mask, types in batch_list:
+                call(ids, mask, types)
+    return run
+
+
 def time_interleaved(runs: dict, repeats: int, desc: str) -> dict:
     """Median seconds per call of each zero-argument callable, repeats interleaved across them."""
     for run in runs.values():  # warm-up
@@ -174,9 +184,6 @@ def real_rows(theirs, ours, config, configs, args):
     chunks = [features[i:i + size] for i in range(0, len(features), size)]
     padded = [pad_batch(chunk, seq, device) for chunk in chunks]
     longest = [pad_batch(chunk, max(len(f[0]) for f in chunk), device) for chunk in chunks]
-
-    def over_batches(model_call, batches):
-        return lambda: [model_call(*batch) for batch in batches]
 
     runs = {
         "transformers sdpa, padded to 384": over_batches(

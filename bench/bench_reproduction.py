@@ -28,7 +28,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 import utils_squad
-from bench.bench_inference import pad_batch, squad_features, time_interleaved
+from bench.bench_inference import over_batches, pad_batch, squad_features, time_interleaved
 from length_drop import analytic_macs
 from modeling_bert import BertForQuestionAnswering
 
@@ -87,24 +87,17 @@ def main(argv=None) -> int:
         padded = make_batches(features, batch_size, args.max_seq_length, False, device)
         sorted_ = make_batches(features, batch_size, args.max_seq_length, True, device)
 
-        def over(call, batch_list):
-            def run():
-                with torch.inference_mode():
-                    for ids, mask, types in batch_list:
-                        call(ids, mask, types)
-            return run
-
         hf = lambda i, m, t: teacher(input_ids=i, attention_mask=m, token_type_ids=t)  # noqa: E731
-        runs = {("teacher", None, "padded"): (over(hf, padded), teacher.config, padded),
-                ("teacher", None, "sorted"): (over(hf, sorted_), teacher.config, sorted_)}
+        runs = {("teacher", None, "padded"): (over_batches(hf, padded), teacher.config, padded),
+                ("teacher", None, "sorted"): (over_batches(hf, sorted_), teacher.config, sorted_)}
         for config in [None, *configs]:
             call = lambda i, m, t, c=config: student(i, m, t, length_config=c)  # noqa: E731
-            runs[("student", config, "padded")] = (over(call, padded), student.config, padded)
-            runs[("student", config, "sorted")] = (over(call, sorted_), student.config, sorted_)
+            runs[("student", config, "padded")] = (over_batches(call, padded), student.config, padded)
+            runs[("student", config, "sorted")] = (over_batches(call, sorted_), student.config, sorted_)
         for config in teacher_configs:
             call = lambda i, m, t, c=config: ours_teacher(i, m, t, length_config=c)  # noqa: E731
-            runs[("teacher", config, "padded")] = (over(call, padded), teacher.config, padded)
-            runs[("teacher", config, "sorted")] = (over(call, sorted_), teacher.config, sorted_)
+            runs[("teacher", config, "padded")] = (over_batches(call, padded), teacher.config, padded)
+            runs[("teacher", config, "sorted")] = (over_batches(call, sorted_), teacher.config, sorted_)
         medians = time_interleaved({k: v[0] for k, v in runs.items()}, args.repeats, f"batch {batch_size}")
         base_padded = medians[("teacher", None, "padded")]
         base_sorted = medians[("teacher", None, "sorted")]

@@ -30,7 +30,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 import utils_squad
-from bench.bench_inference import time_interleaved
+from bench.bench_inference import over_batches, time_interleaved
 from length_drop import analytic_macs
 from modeling_bert import BertForQuestionAnswering
 
@@ -92,20 +92,13 @@ def main(argv=None) -> int:
     config = ours.config
     rows = front_rows(Path(args.front), args.max_configs)
 
-    def over(model_call, batch_list):
-        def run():
-            with torch.inference_mode():
-                for ids, mask, types in batch_list:
-                    model_call(ids, mask, types)
-        return run
-
     hf = lambda i, m, t: theirs(input_ids=i, attention_mask=m, token_type_ids=t)  # noqa: E731
-    runs = {"transformers, padded to max": over(hf, padded),
-            "transformers, padded to longest": over(hf, longest)}
+    runs = {"transformers, padded to max": over_batches(hf, padded),
+            "transformers, padded to longest": over_batches(hf, longest)}
     for row in rows:
         lengths = tuple(json.loads(row["length_config"]))
-        runs[f"ours {list(lengths)}"] = over(lambda i, m, t, c=lengths: ours(i, m, t, length_config=c), padded)
-        runs[f"ours {list(lengths)}, longest"] = over(lambda i, m, t, c=lengths: ours(i, m, t, length_config=c), longest)
+        runs[f"ours {list(lengths)}"] = over_batches(lambda i, m, t, c=lengths: ours(i, m, t, length_config=c), padded)
+        runs[f"ours {list(lengths)}, longest"] = over_batches(lambda i, m, t, c=lengths: ours(i, m, t, length_config=c), longest)
     medians = time_interleaved(runs, args.repeats, "front")
 
     L = args.max_seq_length
