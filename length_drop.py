@@ -283,6 +283,14 @@ def _executed_lengths(num_hidden_layers, seq_length, length_config, layer_config
         length = kept
 
 
+def _scorer_macs_per_token(config) -> int:
+    hidden = config.hidden_size
+    if getattr(config, "token_scorer", "linear") == "mlp":
+        width = hidden // 4
+        return hidden * width + width + activation_macs_per_element("gelu") * width
+    return hidden
+
+
 def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None = None,
                   layer_config: Sequence[int] | None = None) -> int:
     """MACs of one unpadded sequence through ``modeling_bert.BertForQuestionAnswering``, counted as
@@ -292,13 +300,23 @@ def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None =
     ``k`` kept: Q/K/V + attention output projections ``4 n H^2``, scores and context ``2 n^2 H``,
     attention LayerNorm ``n H``, feed-forward ``2 k H I`` + activation + LayerNorm ``k H``. Plus the
     embedding LayerNorm ``L H`` and the QA head ``L H num_labels`` at full length. A relative
-    configuration is resolved at ``seq_length`` (the sequence is its own longest)."""
+    configuration is resolved at ``seq_length`` (the sequence is its own longest).
+
+    Under the learned drop criterion (``config.drop_criterion``) a selecting layer (``k < n``) adds
+    its scorer on ``n`` tokens (``n H`` linear; ``n (H h + h)`` for the MLP of width ``h = H / 4``),
+    and with ``config.select_before_attention`` its attention runs on the ``k`` kept tokens."""
     length_config = resolve_length_config(length_config, seq_length)
     hidden, inter = config.hidden_size, config.intermediate_size
     act = activation_macs_per_element(config.hidden_act)
+    learned = (getattr(config, "drop_criterion", None) or "attention") == "learned"
+    before = learned and bool(getattr(config, "select_before_attention", False))
+    scorer = _scorer_macs_per_token(config) if learned else 0
     macs = seq_length * hidden  # embedding LayerNorm
     for _, n_in, kept in _executed_lengths(config.num_hidden_layers, seq_length, length_config, layer_config):
-        macs += 4 * n_in * hidden * hidden + 2 * n_in * n_in * hidden + n_in * hidden
+        selects = kept < n_in
+        attended = kept if before and selects else n_in
+        macs += scorer * n_in if selects else 0
+        macs += 4 * attended * hidden * hidden + 2 * attended * attended * hidden + attended * hidden
         macs += kept * (2 * hidden * inter + act * inter + hidden)
     macs += seq_length * hidden * config.num_labels  # QA head
     return macs

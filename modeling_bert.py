@@ -10,6 +10,12 @@ Re-implementation, for current torch/transformers, of the Length-Adaptive Transf
 * Restore: a dropped token keeps the hidden state of the last layer that kept it, so the QA head
   sees every input position and span logits exist for all of them.
 * ``layer_config`` (LayerDrop): the layers to run; the others pass their input through.
+* ``config.drop_criterion = "learned"`` (an extension, not the paper's): each layer ranks tokens by
+  a small learned scorer on its input hidden states (``TokenScorer``, trained to find the answer's
+  tokens) instead of the attention they receive; [CLS], the question and the [SEP]s are never
+  dropped. With ``config.select_before_attention`` the layer selects before its attention too.
+  The scorers are saved beside the weights in ``token_scorers.safetensors``, which plain
+  transformers never reads.
 
 Module and parameter names are exactly those of ``transformers.BertForQuestionAnswering`` so
 checkpoints load in both directions. Masking uses an additive -10000 (as transformers 3.x, which
@@ -18,8 +24,10 @@ at padded keys (TinyBERT's attention loss zeroes entries <= -1e2).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -42,6 +50,11 @@ import length_drop
 MASK_VALUE = -10000.0
 # Score elements per chunk in the inference attention loop (2M floats = 8 MiB).
 _CHUNK_SCORES = 2 * 1024 * 1024
+# How a layer ranks the tokens it may drop: the attention they receive (the paper's) or a scorer.
+DROP_CRITERIA = ("attention", "learned")
+TOKEN_SCORERS = ("linear", "mlp")
+SCORERS_FILE = "token_scorers.safetensors"
+SCORERS_PREFIX = "bert.encoder.token_scorers."
 
 
 @dataclass
@@ -73,6 +86,7 @@ class ForwardOptions:
     output_attention_scores: bool = False
     always_keep_cls_token: bool = False
     count_padding_queries: bool = False
+    select_before_attention: bool = False         # learned criterion: select before the attention too
 
 
 @dataclass
@@ -132,6 +146,57 @@ def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: 
     else:
         order = torch.argsort(significance, dim=1, descending=True, stable=True)
     return order[:, :keep].sort(dim=1).values, order[:, keep:]
+
+
+def learned_significance(logits: torch.Tensor, real_tokens: torch.Tensor | None,
+                         protected: torch.Tensor | None) -> torch.Tensor:
+    """A scorer's logits as ``select_tokens`` ranks them: protected tokens first, padding last."""
+    significance = logits.float()
+    if protected is not None:
+        significance = significance.masked_fill(protected, math.inf)
+    if real_tokens is not None:
+        significance = significance.masked_fill(~real_tokens, -math.inf)
+    return significance
+
+
+def protected_tokens(attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                     input_ids: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: the tokens the learned criterion never drops, [CLS], the question and its
+    [SEP] (the real tokens of segment 0) and each row's last real token (the closing [SEP])."""
+    real = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask != 0)
+    if token_type_ids is None:
+        protected = torch.zeros_like(real)
+        protected[:, 0] = True
+    else:
+        protected = (token_type_ids == 0) & real
+    last = (real.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+    return protected.scatter(1, last, torch.ones_like(last, dtype=torch.bool))
+
+
+class TokenScorer(nn.Module):
+    """The learned drop criterion of one layer: a logit per token, from the layer's input hidden
+    states, of "this token is needed by the answer" (trained on the gold span or the full model's
+    own span distributions, ``training.distillation.token_scorer_loss``). ``linear``: one linear
+    layer; ``mlp``: hidden -> hidden/4 -> GELU -> 1."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        kind = getattr(config, "token_scorer", "linear")
+        if kind not in TOKEN_SCORERS:
+            raise ValueError(f"config.token_scorer must be one of {TOKEN_SCORERS}, got {kind!r}")
+        hidden = config.hidden_size
+        self.net = (nn.Linear(hidden, 1) if kind == "linear" else
+                    nn.Sequential(nn.Linear(hidden, hidden // 4), nn.GELU(), nn.Linear(hidden // 4, 1)))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1).float()
+
+
+def drop_criterion_of(config) -> str:
+    criterion = getattr(config, "drop_criterion", "attention") or "attention"
+    if criterion not in DROP_CRITERIA:
+        raise ValueError(f"config.drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
+    return criterion
 
 
 def real_tokens_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -327,16 +392,30 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
-                options: ForwardOptions) -> LayerResult:
+                options: ForwardOptions, scorer: TokenScorer | None = None,
+                protected: torch.Tensor | None = None) -> LayerResult:
+        """``scorer``: the learned criterion ranks the tokens (``protected`` ones always kept);
+        None: the attention they receive."""
         # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
         drops, keep = _drop_decision(keep, hidden.size(1))
-        attention_output, probs, scores, significance = self.attention(
-            hidden, real_tokens, options=options, need_significance=drops)
         kept = dropped = None
-        if drops:
-            # As the reference: gather the attention block's output, run the FFN on kept tokens.
+        if drops and scorer is not None:
+            significance = learned_significance(scorer(hidden), real_tokens, protected)
             kept, dropped = select_tokens(significance, keep, options.always_keep_cls_token)
-            attention_output = gather_tokens(attention_output, kept)
+            if options.select_before_attention:  # attention, too, runs on the kept tokens only
+                hidden = gather_tokens(hidden, kept)
+                real_tokens = None if real_tokens is None else real_tokens.gather(1, kept)
+            attention_output, probs, scores, _ = self.attention(
+                hidden, real_tokens, options=options, need_significance=False)
+            if not options.select_before_attention:
+                attention_output = gather_tokens(attention_output, kept)
+        else:
+            attention_output, probs, scores, significance = self.attention(
+                hidden, real_tokens, options=options, need_significance=drops)
+            if drops:
+                # As the reference: gather the attention block's output, run the FFN on kept tokens.
+                kept, dropped = select_tokens(significance, keep, options.always_keep_cls_token)
+                attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return LayerResult(layer_output, kept, dropped, probs, scores)
 
@@ -363,9 +442,11 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.token_scorers = (nn.ModuleList(TokenScorer(config) for _ in range(config.num_hidden_layers))
+                              if drop_criterion_of(config) == "learned" else None)
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, *,
-                options: ForwardOptions) -> EncoderOutput:
+                options: ForwardOptions, protected: torch.Tensor | None = None) -> EncoderOutput:
         """Run the layers with Drop-and-Restore.
 
         ``positions [B, n]`` maps the current tokens to input positions (None: identity).
@@ -382,7 +463,8 @@ class BertEncoder(nn.Module):
         for index, layer in enumerate(self.layer):
             if options.layers_to_run is None or index in options.layers_to_run:
                 keep = None if options.length_config is None else options.length_config[index]
-                result = layer(hidden, real_tokens, keep, options=options)
+                scorer = None if self.token_scorers is None else self.token_scorers[index]
+                result = layer(hidden, real_tokens, keep, options=options, scorer=scorer, protected=protected)
                 if result.kept is not None:
                     if positions is None:  # first drop: the input already holds every final state so far
                         positions = torch.arange(hidden.size(1), device=hidden.device).expand(hidden.size(0), -1)
@@ -393,6 +475,8 @@ class BertEncoder(nn.Module):
                     positions = positions.gather(1, result.kept)
                     if real_tokens is not None:
                         real_tokens = real_tokens.gather(1, result.kept)
+                    if protected is not None:
+                        protected = protected.gather(1, result.kept)
                 hidden = result.hidden
                 if all_probs is not None:
                     all_probs.append(result.probs)
@@ -440,6 +524,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = False
     _keys_to_ignore_on_load_unexpected = [r"pooler", r"^cls\.", r"fit_dense"]
+    _keys_to_ignore_on_load_missing = [r"token_scorers\."]  # read from SCORERS_FILE after the weights
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -504,9 +589,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             length_config=length_config, layers_to_run=frozenset(layer_config),
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
             output_attention_scores=output_attention_scores, always_keep_cls_token=always_keep_cls_token,
-            count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)))
+            count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)),
+            select_before_attention=bool(getattr(self.config, "select_before_attention", False)))
+        protected = (None if self.bert.encoder.token_scorers is None else
+                     protected_tokens(attention_mask, token_type_ids, input_ids))
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options)
+        encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options,
+                                    protected=protected)
 
         logits = self.qa_outputs(encoded.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
@@ -517,6 +606,49 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output = QAOutput(loss, start_logits, end_logits, encoded.hidden_states,
                           encoded.attentions, encoded.attention_scores)
         return output if return_dict else output.to_tuple()
+
+    @property
+    def drop_criterion(self) -> str:
+        return drop_criterion_of(self.config)
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """transformers' save, with the token scorers (if any) in ``SCORERS_FILE`` beside the
+        weights, so ``model.safetensors`` stays a plain BERT that transformers loads cleanly."""
+        from safetensors.torch import save_file
+
+        state = self.state_dict() if state_dict is None else state_dict
+        scorers = {k: v for k, v in state.items() if k.startswith(SCORERS_PREFIX)}
+        backbone = {k: v for k, v in state.items() if not k.startswith(SCORERS_PREFIX)}
+        result = super().save_pretrained(save_directory, *args, state_dict=backbone, **kwargs)
+        if scorers:
+            save_file({k: v.detach().cpu().contiguous() for k, v in scorers.items()},
+                      str(Path(save_directory) / SCORERS_FILE), metadata={"format": "pt"})
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' load, then the token scorers from ``SCORERS_FILE`` when the config asks
+        for them. A folder whose own config.json says ``drop_criterion: learned`` must hold the
+        file; a model made learned by its caller's config (the fit stage) starts from fresh scorers."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        if model.bert.encoder.token_scorers is None:
+            return loaded
+        folder = Path(pretrained_model_name_or_path)
+        path = folder / SCORERS_FILE
+        if path.is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+            expected = {k for k in model.state_dict() if k.startswith(SCORERS_PREFIX)}
+            if set(state) != expected:
+                raise ValueError(f"{path}: holds {sorted(set(state) ^ expected)[:4]} against the config's "
+                                 f"{model.config.num_hidden_layers} {getattr(model.config, 'token_scorer', 'linear')} "
+                                 f"token scorers")
+            model.load_state_dict(state, strict=False)
+        elif _folder_criterion(folder) == "learned":
+            raise ValueError(f"{folder}: config.json says drop_criterion 'learned' but {SCORERS_FILE} is missing")
+        return loaded
 
     @staticmethod
     def _span_loss(start_logits, end_logits, start_positions, end_positions):
@@ -533,3 +665,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         start_loss = F.cross_entropy(start_logits, start_positions, ignore_index=ignored_index)
         end_loss = F.cross_entropy(end_logits, end_positions, ignore_index=ignored_index)
         return (start_loss + end_loss) / 2
+
+
+def _folder_criterion(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("drop_criterion")
+    except (OSError, ValueError, AttributeError):
+        return None

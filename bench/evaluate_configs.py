@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--max_questions", type=int, default=None)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--drop_criterion", default=None, choices=["attention", "learned"],
+                   help="run every model with this drop criterion (attention: the paper's, on the same "
+                        "weights); default: each checkpoint's own")
     a = p.parse_args(argv)
 
     run_args = build_parser().parse_args([
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
         return 2
     results = []
     for path in a.model:
-        model = load_model(path).to(runtime.device).eval()
+        overrides = {} if a.drop_criterion is None else {"drop_criterion": a.drop_criterion}
+        model = load_model(path, **overrides).to(runtime.device).eval()
         try:
             configs = configs_to_score(a, model.config.num_hidden_layers)
         except ValueError as e:
@@ -107,10 +111,10 @@ def main(argv=None) -> int:
             return 2
         for config, source in configs:
             r = evaluator(model, config, write_predictions=False)
-            r.update(source=source, label=label_of(path), model=path,
+            r.update(source=source, label=label_of(path), model=path, drop_criterion=model.drop_criterion,
                      length_config=list(config) if config else [a.max_seq_length] * model.config.num_hidden_layers)
             results.append(r)
-            print(f"{label_of(path):28s} {source:24s} {str(r['length_config']):36s} MACs x{r['macs_ratio']:.2f} "
+            print(f"{label_of(path):28s} {model.drop_criterion:9s} {source:24s} {str(r['length_config']):36s} MACs x{r['macs_ratio']:.2f} "
                   f"F1 {r['f1']:.2f} EM {r['exact_match']:.2f} ({r['questions']} q.)", flush=True)
     utils_squad.atomic_write_json(Path(a.output), results)
     return 0

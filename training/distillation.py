@@ -110,3 +110,37 @@ def inplace_distillation_loss(sub_start, sub_end, full_start, full_end,
     else:
         terms = [kl_divergence(f, s) for s, f in zip(log_sub, log_full)]
     return (terms[0] + terms[1]) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# The learned drop criterion's scorers (an extension): which tokens the answer needs
+# --------------------------------------------------------------------------------------------
+
+def gold_answer_tokens(start_positions: torch.Tensor, end_positions: torch.Tensor, width: int) -> torch.Tensor:
+    """Float ``[B, width]``: 1 on the gold span's tokens, 0 elsewhere and in windows without the
+    answer (their positions point at [CLS], 0)."""
+    position = torch.arange(width, device=start_positions.device)
+    start, end = start_positions.view(-1, 1), end_positions.view(-1, 1)
+    return ((position >= start) & (position <= end) & (start > 0)).float()
+
+
+def soft_answer_tokens(start_logits: torch.Tensor, end_logits: torch.Tensor) -> torch.Tensor:
+    """Float ``[B, L]``: the probability that the model's own span covers each token, taking start
+    and end as independent, ``P(start <= t) * P(end >= t)`` (no labels needed)."""
+    start = torch.softmax(start_logits.float(), dim=-1).cumsum(dim=-1)
+    end = torch.softmax(end_logits.float(), dim=-1).flip(-1).cumsum(dim=-1).flip(-1)
+    return (start * end).clamp(0.0, 1.0)
+
+
+def token_scorer_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Class-weighted binary cross-entropy of each layer's scorer logits ``[B, L]`` against
+    ``targets`` in [0, 1], over the ``counted`` tokens (the context's real ones), averaged over
+    layers. Answer tokens are a few percent of a window: they weigh as much, in all, as the rest."""
+    weights = counted.float()
+    positives = (targets * weights).sum()
+    negatives = weights.sum() - positives
+    pos_weight = (negatives / positives.clamp(min=1.0)).clamp(min=1.0).detach()
+    losses = [F.binary_cross_entropy_with_logits(layer.float(), targets, weight=weights, pos_weight=pos_weight,
+                                                 reduction="sum") / weights.sum().clamp(min=1.0)
+              for layer in logits]
+    return torch.stack(losses).mean()

@@ -150,6 +150,23 @@ def add_length_args(g) -> None:
     a("--track_length_configs", default=None,
       help="JSON list of length configurations also evaluated at every evaluation during training "
       "(eval_results.json 'tracked', TensorBoard eval_tracked/), e.g. '[[1.0, 0.9, 0.81]]'")
+    a("--drop_criterion", default=None, choices=["attention", "learned"],
+      help="how a dropping layer ranks tokens: the attention they receive (the paper's) or learned token "
+      "scorers on the layer's input (an extension; [CLS], the question and the [SEP]s are never dropped); "
+      "recorded in the checkpoint's config. Default: the checkpoint's own (attention for the paper's)")
+    a("--token_scorer", default="linear", choices=["linear", "mlp"],
+      help="the learned scorers' form when the model has none yet: one linear layer, or hidden/4 -> GELU -> 1")
+    a("--select_before_attention", action="store_true",
+      help="learned criterion: select a layer's tokens before its attention too (fewer attention MACs)")
+    a("--train_token_scorers_only", action="store_true",
+      help="the fit stage: train only the learned token scorers on a frozen model (minutes on a CPU; the "
+      "weights, and so the full-length F1, stay the parent's); give a larger --learning_rate, e.g. 1e-3")
+    a("--token_scorer_targets", default="gold", choices=["gold", "soft"],
+      help="what the scorers learn: the gold answer's tokens, or the full model's own span distributions "
+      "(no labels needed)")
+    a("--token_scorer_loss_ratio", type=float, default=None,
+      help="weight of the token scorers' loss beside the step's loss when a learned model trains "
+      "(default: 1.0 with the learned criterion)")
     a("--sandwich_full_weight", type=float, default=None,
       help="the full model's share of the sandwich loss, in (0, 1]; the sub-models share the rest "
       "equally (default: 1 / (num_sandwich + 2) for every model, the reference's)")

@@ -45,7 +45,10 @@ def load_student_and_teacher(settings: ModelSettings, objective: ObjectiveSettin
                     or checkpoint_has_fit_dense(settings.model_name_or_path)):
                 overrides["fit_size"] = teacher.config.hidden_size
     student = load_model_checked(settings.student_path, settings.student_flag, settings.config_name,
-                                 **overrides).to(runtime.device)
+                                 **overrides, **settings.config_overrides).to(runtime.device)
+    if objective.train_token_scorers_only:  # the fit stage: only the scorers learn
+        student.requires_grad_(False)
+        student.bert.encoder.token_scorers.requires_grad_(True)
     if teacher is not None:
         check_teacher_fits(objective, student, teacher)
     return student, teacher

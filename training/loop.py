@@ -46,7 +46,7 @@ def train_step(precision: str, sandwich: SandwichSettings, model, objective: Obj
                                 output_attention_scores=(i == 0 and objective.needs_attention_scores))
                 outputs = objective.span_outputs(outputs, inputs)
                 if i == 0:
-                    loss, step_terms = objective.full_model_loss(model, outputs, teacher_out)
+                    loss, step_terms = objective.full_model_loss(model, outputs, teacher_out, inputs)
                     full_start, full_end = outputs.start_logits.detach(), outputs.end_logits.detach()
                     for k, v in step_terms.items():
                         terms[k] += v
@@ -58,6 +58,14 @@ def train_step(precision: str, sandwich: SandwichSettings, model, objective: Obj
             terms["loss"] += loss.item()
             (scaler.scale(loss) if scaler is not None else loss).backward()
     return terms
+
+
+def train_mode(model, objective: Objective) -> None:
+    """Training mode; in the fit stage the frozen backbone runs as at inference (no dropout), so
+    the scorers learn the hidden states they will rank."""
+    model.train()
+    if objective.settings.train_token_scorers_only:
+        unwrap(model).bert.eval()
 
 
 def make_optimizer(settings: TrainSettings, model, num_training_steps: int):
@@ -185,7 +193,7 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
     logged_steps = 0
     last_eval_step = -1
     bar = tqdm(total=total_steps, initial=global_step, desc="train", disable=not runtime.is_main)
-    model.train()
+    train_mode(model, objective)
     model.zero_grad(set_to_none=True)
     first_epoch, skip_batches = divmod(global_step, steps_per_epoch)
     skip_batches *= accumulation
@@ -222,7 +230,7 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
                 log_scalars(writer, running, logged_steps, scheduler, global_step)
                 running, logged_steps = defaultdict(float), 0
                 if settings.evaluate_during_training:
-                    best = evaluate_and_keep_best(model, eval_fn, global_step, best, training_state, save)
+                    best = evaluate_and_keep_best(model, objective, eval_fn, global_step, best, training_state, save)
                     last_eval_step = global_step
             if settings.save_steps > 0 and global_step % settings.save_steps == 0:
                 if runtime.is_main:
@@ -239,7 +247,7 @@ def train(settings: TrainSettings, sandwich: SandwichSettings, training_args: di
         if logged_steps:
             log_scalars(writer, running, logged_steps, scheduler, global_step)
         if settings.evaluate_during_training and last_eval_step != global_step:
-            best = evaluate_and_keep_best(model, eval_fn, global_step, best, training_state, save)
+            best = evaluate_and_keep_best(model, objective, eval_fn, global_step, best, training_state, save)
             last_eval_step = global_step
         save("checkpoint-last", training_state())
     runtime.barrier()
@@ -255,10 +263,10 @@ def log_scalars(writer, running: dict, steps: int, scheduler, global_step: int) 
     logger.info("[step %d] %s", global_step, " | ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
 
 
-def evaluate_and_keep_best(model, eval_fn, global_step, best, training_state, save):
+def evaluate_and_keep_best(model, objective, eval_fn, global_step, best, training_state, save):
     """Evaluate; on a new best F1, ``save("checkpoint-best", state)``. Returns the best so far."""
     results = eval_fn(unwrap(model), global_step)
-    model.train()
+    train_mode(model, objective)
     if results is not None and (best["f1"] is None or results["f1"] > best["f1"]):
         best = {"f1": results["f1"], "step": global_step}
         logger.info("best dev F1 so far (%.2f) at step %d: saving checkpoint-best", results["f1"], global_step)

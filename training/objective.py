@@ -50,8 +50,12 @@ class Objective:
                                    inputs.get("end_positions"))
 
     @property
+    def trains_token_scorers(self) -> bool:
+        return self.settings.train_token_scorers_only or bool(self.settings.token_scorer_loss_ratio)
+
+    @property
     def needs_hidden_states(self) -> bool:
-        return self.settings.state_loss_ratio > 0
+        return self.settings.state_loss_ratio > 0 or self.trains_token_scorers
 
     @property
     def needs_attention_scores(self) -> bool:
@@ -65,13 +69,46 @@ class Objective:
         if self.teacher is None:
             return None
         with torch.no_grad():
-            outputs = self.teacher(**inputs, output_hidden_states=self.needs_hidden_states,
+            outputs = self.teacher(**inputs, output_hidden_states=self.settings.state_loss_ratio > 0,
                                    output_attentions=self.needs_attention_probs,
                                    output_attention_scores=self.needs_attention_scores)
             return self.span_outputs(outputs, inputs)
 
-    def full_model_loss(self, model, outputs, teacher_out) -> tuple[torch.Tensor, dict]:
-        """Loss of the full model, and its named terms for logging."""
+    def full_model_loss(self, model, outputs, teacher_out, inputs=None) -> tuple[torch.Tensor, dict]:
+        """Loss of the full model, and its named terms for logging: the step's loss, plus the
+        learned token scorers' (``--token_scorer_loss_ratio``), or theirs alone in the fit stage."""
+        settings = self.settings
+        if settings.train_token_scorers_only:
+            loss = self.token_scorer_loss(model, outputs, inputs)
+            return loss, {"scorer_loss": loss.item()}
+        loss, terms = self.step_loss(model, outputs, teacher_out)
+        if settings.token_scorer_loss_ratio:
+            scorer = self.token_scorer_loss(model, outputs, inputs)
+            loss = loss + settings.token_scorer_loss_ratio * scorer
+            terms["scorer_loss"] = scorer.item()
+        return loss, terms
+
+    def token_scorer_loss(self, model, outputs, inputs) -> torch.Tensor:
+        """Each layer's scorer on that layer's input hidden states, against the gold span's tokens
+        or the model's own span distributions (``--token_scorer_targets``), over the context's real
+        tokens (the protected ones, [CLS], question and [SEP]s, are never dropped)."""
+        from modeling_bert import protected_tokens
+
+        scorers = unwrap(model).bert.encoder.token_scorers
+        mask, types = inputs["attention_mask"], inputs["token_type_ids"]
+        counted = (mask != 0) & ~protected_tokens(mask, types, inputs["input_ids"])
+        if self.settings.token_scorer_targets == "soft":
+            start = outputs.start_logits.detach().masked_fill(mask == 0, MASKED_SPAN_LOGIT)
+            end = outputs.end_logits.detach().masked_fill(mask == 0, MASKED_SPAN_LOGIT)
+            targets = distillation.soft_answer_tokens(start, end)
+        else:
+            targets = distillation.gold_answer_tokens(inputs["start_positions"], inputs["end_positions"],
+                                                      mask.size(1))
+        logits = [scorer(hidden) for scorer, hidden in zip(scorers, outputs.hidden_states)]
+        return distillation.token_scorer_loss(logits, targets, counted)
+
+    def step_loss(self, model, outputs, teacher_out) -> tuple[torch.Tensor, dict]:
+        """The paper step's loss: span loss, or the teacher's distillation losses."""
         settings = self.settings
         if teacher_out is None:
             return outputs.loss, {"span_loss": outputs.loss.item()}

@@ -32,6 +32,19 @@ class ModelSettings:
     teacher_model_name_or_path: str | None
     resume_from_checkpoint: str | None
     length_config: tuple[int, ...] | None  # parsed --length_config; None: full length
+    drop_criterion: str | None             # "attention" or "learned"; None: the checkpoint's own
+    token_scorer: str                      # the learned scorers' form, for a model without them yet
+    select_before_attention: bool
+
+    @property
+    def config_overrides(self) -> dict:
+        """What the student's config.json is changed by: the drop criterion and its options."""
+        overrides = {} if self.drop_criterion is None else {"drop_criterion": self.drop_criterion}
+        if self.drop_criterion == "learned":
+            overrides["token_scorer"] = self.token_scorer
+        if self.select_before_attention:
+            overrides["select_before_attention"] = True
+        return overrides
 
     @property
     def student_path(self) -> str:
@@ -71,6 +84,9 @@ class ObjectiveSettings:
     attention_loss_input: str
     temperature: float
     conventional_inplace_kl: bool
+    train_token_scorers_only: bool = False  # the fit stage: the backbone frozen
+    token_scorer_targets: str = "gold"      # "gold" span or the full model's own "soft" span distributions
+    token_scorer_loss_ratio: float | None = None  # the scorers' loss weight (None or 0: none)
 
     @property
     def distilling(self) -> bool:
@@ -207,6 +223,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     predict_path = (resolve_data_file(args, args.predict_file)
                     if args.do_eval or args.evaluate_during_training or args.do_search else None)
     model_shape = read_model_shape(args)
+    criterion = check_drop_criterion_flags(args, model_shape["drop_criterion"])
     length_config = checked_length_config(args.length_config, model_shape["num_hidden_layers"], args.max_seq_length)
     check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
                        args.max_answer_length, model_shape["max_position_embeddings"])
@@ -224,7 +241,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
         do_train=args.do_train, do_eval=args.do_eval, do_search=args.do_search, output_dir=args.output_dir,
         model=group_from(ModelSettings, args, length_config=length_config),
         data=group_from(DataSettings, args, train_path=train_path, predict_path=predict_path),
-        objective=group_from(ObjectiveSettings, args),
+        objective=group_from(ObjectiveSettings, args, token_scorer_loss_ratio=(
+            (1.0 if args.token_scorer_loss_ratio is None else args.token_scorer_loss_ratio)
+            if criterion == "learned" and args.do_train else None)),
         sandwich=group_from(SandwichSettings, args, length_config=length_config),
         train=group_from(TrainSettings, args, precision=precision, train_padding=check_train_padding(args),
                          track_length_configs=parse_track_length_configs(args, model_shape["num_hidden_layers"])),
@@ -412,4 +431,25 @@ def read_model_shape(args) -> dict:
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
     return {"num_hidden_layers": config.num_hidden_layers,
-            "max_position_embeddings": config.max_position_embeddings}
+            "max_position_embeddings": config.max_position_embeddings,
+            "drop_criterion": getattr(config, "drop_criterion", None) or "attention"}
+
+
+def check_drop_criterion_flags(args, checkpoint_criterion: str) -> str:
+    """The drop criterion the student runs with (the flag, else the checkpoint's), with the flags
+    that need the learned one."""
+    criterion = args.drop_criterion or checkpoint_criterion
+    if criterion != "learned":
+        for flag in ("select_before_attention", "train_token_scorers_only", "token_scorer_loss_ratio"):
+            if getattr(args, flag) not in (None, False):
+                raise UsageError(f"--{flag} needs the learned drop criterion: give --drop_criterion learned "
+                                 f"(the model's is {criterion!r})")
+    if args.train_token_scorers_only:
+        if not args.do_train:
+            raise UsageError("--train_token_scorers_only trains: give --do_train")
+        if args.teacher_model_name_or_path or args.length_adaptive:
+            raise UsageError("--train_token_scorers_only fits the scorers on a frozen model: drop "
+                             "--teacher_model_name_or_path / --length_adaptive (the backbone does not train)")
+    if args.token_scorer_loss_ratio is not None and not args.token_scorer_loss_ratio >= 0:
+        raise UsageError(f"--token_scorer_loss_ratio must be >= 0, got {args.token_scorer_loss_ratio}")
+    return criterion

@@ -1,0 +1,154 @@
+"""The learned drop criterion: token scorers in the model, checked against transformers' BERT run
+on the tokens the scorer should keep, torchprofile's MACs and hand-computed losses."""
+import json
+
+import pytest
+import torch
+import transformers
+
+import modeling_bert
+from length_drop import analytic_macs, profile_macs
+from modeling_bert import SCORERS_FILE, BertForQuestionAnswering, protected_tokens
+from training import distillation
+from helpers import tiny_bert_config
+
+L = 16  # tokens: [CLS] 4 question tokens [SEP] 9 context tokens [SEP]
+TYPES = torch.tensor([[0] * 6 + [1] * 10])
+
+
+def learned_model(num_hidden_layers=1, **config):
+    torch.manual_seed(0)
+    config = tiny_bert_config(num_hidden_layers=num_hidden_layers, drop_criterion="learned", **config)
+    return BertForQuestionAnswering(config).eval()
+
+
+def transformers_twin(model):
+    """transformers' BertForQuestionAnswering with the same backbone and head."""
+    twin = transformers.BertForQuestionAnswering(model.config).eval()
+    missing, unexpected = twin.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith(modeling_bert.SCORERS_PREFIX)},
+        strict=False)
+    assert not unexpected and all("pooler" in k for k in missing)
+    return twin
+
+
+def expected_kept(model, ids, keep):
+    """The tokens layer 0 keeps, worked out by hand: every protected token ([CLS], question,
+    both [SEP]s), then the context tokens of highest linear score on the embeddings."""
+    with torch.no_grad():
+        embeddings = model.bert.embeddings(input_ids=ids, token_type_ids=TYPES)[0]
+        scorer = model.bert.encoder.token_scorers[0].net
+        scores = embeddings @ scorer.weight[0] + scorer.bias[0]
+    protected = [i for i in range(L) if TYPES[0, i] == 0 or i == L - 1]
+    context = sorted((i for i in range(L) if i not in protected), key=lambda i: -float(scores[i]))
+    return sorted(protected + context[:keep - len(protected)])
+
+
+def test_protected_tokens_hand_made():
+    mask = torch.tensor([[1] * 7 + [0], [1] * 8])
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1, 1]])
+    got = protected_tokens(mask, types, torch.zeros_like(mask))
+    assert got.tolist() == [[True, True, True, False, False, False, True, False],
+                            [True, True, False, False, False, False, False, True]]
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_selection_matches_transformers_on_the_kept_tokens(before):
+    """One layer keeping 10 of 16 tokens. Kept tokens: after attention (the paper's place) their
+    logits are transformers' at full length (attention saw every token, the feed-forward block is
+    per token); before attention they are transformers' run on the kept tokens alone, at their own
+    positions. Dropped tokens keep their embedding, so their logits are the head on it."""
+    model = learned_model(select_before_attention=before)
+    ids = torch.randint(5, 120, (1, L))
+    kept = expected_kept(model, ids, keep=10)
+    dropped = [i for i in range(L) if i not in kept]
+    twin = transformers_twin(model)
+    with torch.no_grad():
+        ours = model(ids, torch.ones_like(ids), TYPES, length_config=[10])
+        if before:
+            index = torch.tensor([kept])
+            theirs = twin(input_ids=ids[:, kept], token_type_ids=TYPES[:, kept], position_ids=index)
+        else:
+            theirs = twin(input_ids=ids, token_type_ids=TYPES)
+        head = model.qa_outputs(model.bert.embeddings(input_ids=ids, token_type_ids=TYPES))
+    want_kept = theirs.start_logits[0] if before else theirs.start_logits[0, kept]
+    torch.testing.assert_close(ours.start_logits[0, kept], want_kept, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.start_logits[0, dropped], head[0, dropped, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_criterion_unchanged_by_the_new_options():
+    """A model without the learned criterion has no scorers and computes what it always did."""
+    torch.manual_seed(0)
+    config = tiny_bert_config(num_hidden_layers=2)
+    plain = BertForQuestionAnswering(config).eval()
+    assert plain.bert.encoder.token_scorers is None and plain.drop_criterion == "attention"
+    ids = torch.randint(5, 120, (2, L))
+    with torch.no_grad():
+        a = plain(ids, torch.ones_like(ids), TYPES.expand(2, -1), length_config=[12, 8]).start_logits
+        learned = learned_model(num_hidden_layers=2)
+        learned.load_state_dict(plain.state_dict(), strict=False)
+        b = learned(ids, torch.ones_like(ids), TYPES.expand(2, -1), length_config=[12, 8]).start_logits
+    assert not torch.allclose(a, b)  # the criterion changes which tokens survive
+    with torch.no_grad():
+        full_a = plain(ids, torch.ones_like(ids), TYPES.expand(2, -1)).start_logits
+        full_b = learned(ids, torch.ones_like(ids), TYPES.expand(2, -1)).start_logits
+    torch.testing.assert_close(full_a, full_b)  # at full length the scorers are not used
+
+
+@pytest.mark.parametrize("scorer, before", [("linear", False), ("mlp", False), ("linear", True), ("mlp", True)])
+def test_analytic_macs_agree_with_torchprofile_learned(scorer, before):
+    model = learned_model(num_hidden_layers=3, hidden_size=32, intermediate_size=40, token_scorer=scorer,
+                          select_before_attention=before)
+    attention_config = tiny_bert_config(num_hidden_layers=3, hidden_size=32, intermediate_size=40)
+    for length_config in [None, (100, 70, 40), (80, 80, 30)]:
+        want = profile_macs(model, 100, length_config)
+        got = analytic_macs(model.config, 100, length_config)
+        assert abs(got - want) <= 1e-3 * want, (length_config, got, want)
+        if length_config is not None and not before:  # the scorers' own MACs are counted
+            extra = got - analytic_macs(attention_config, 100, length_config)
+            width = 32 if scorer == "linear" else 32 * 8 + 8
+            selecting_inputs = sum(n for n, k in zip((100, *length_config), length_config) if k < n)
+            assert extra == width * selecting_inputs
+
+
+def test_scorers_saved_beside_the_weights_and_transformers_loads_cleanly(tmp_path):
+    model = learned_model(num_hidden_layers=2, token_scorer="mlp")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / SCORERS_FILE).is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["drop_criterion"] == "learned"
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "token_scorers" in k]
+    again = BertForQuestionAnswering.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    _, info = transformers.BertForQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+
+
+def test_a_learned_folder_without_its_scorers_is_refused(tmp_path):
+    learned_model().save_pretrained(tmp_path)
+    (tmp_path / SCORERS_FILE).unlink()
+    with pytest.raises(ValueError, match=SCORERS_FILE):
+        BertForQuestionAnswering.from_pretrained(tmp_path)
+
+
+def test_answer_token_targets_hand_computed():
+    gold = distillation.gold_answer_tokens(torch.tensor([2, 0]), torch.tensor([3, 0]), 5)
+    assert gold.tolist() == [[0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]  # no answer in the second window
+    start = torch.log(torch.tensor([[0.5, 0.5, 0.0]]) + 1e-30)
+    end = torch.log(torch.tensor([[0.0, 0.5, 0.5]]) + 1e-30)
+    # P(start <= t) = [.5, 1, 1]; P(end >= t) = [1, 1, .5]
+    torch.testing.assert_close(distillation.soft_answer_tokens(start, end), torch.tensor([[0.5, 1.0, 0.5]]))
+
+
+def test_token_scorer_loss_hand_computed():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    counted = torch.tensor([[True, True, True, False]])
+    # one positive, two negatives counted: positives weigh 2; mean over the 3 counted tokens
+    sig = torch.sigmoid
+    want = -(2 * torch.log(sig(torch.tensor(2.0))) + torch.log(1 - sig(torch.tensor(-1.0)))
+             + torch.log(1 - sig(torch.tensor(0.5)))) / 3
+    got = distillation.token_scorer_loss([logits, logits], targets, counted)
+    torch.testing.assert_close(got, want)
