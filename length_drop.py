@@ -7,9 +7,11 @@ A configuration is one entry per layer, in one of two spaces:
   ``[384, 300, 240]``. On a batch padded only to its longest sequence, a layer whose count exceeds
   the batch's width drops nothing.
 * **relative**: keep fractions in (0, 1], e.g. ``[1.0, 0.8, 0.6]`` (JSON numbers with a decimal
-  point). Layer i keeps ``ceil(fraction_i * W)`` tokens, W being the batch's longest real
-  sequence (``resolve_length_config``); the same fraction drops the same share of a short batch
-  as of a long one, and the result does not depend on how far the batch is padded.
+  point). In each example layer i keeps ``ceil(fraction_i * n)`` tokens, n being that example's
+  real length (``resolve_length_config``; the batch holds its longest example's count and masks
+  the rest as padding, ``modeling_bert.example_keep_counts``); the same fraction drops the same
+  share of a short sequence as of a long one, and an answer depends neither on how far the batch
+  is padded nor on which questions share it.
 
 The samplers follow the Length-Adaptive Transformer's ``drop_and_restore_utils.py`` draw for draw,
 with ``rng`` (a ``random.Random``) in place of numpy's global generator.

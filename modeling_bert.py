@@ -129,9 +129,12 @@ def significance_from_probs(probs: torch.Tensor, real_tokens: torch.Tensor | Non
     return probs.sum(dim=(-3, -2))
 
 
-def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices ``[B, keep]`` (ascending) of the most significant tokens, and of the dropped ones.
+def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: bool,
+                  example_keep: torch.Tensor | None = None):
+    """Indices ``[B, keep]`` (ascending) of the most significant tokens, of the dropped ones, and
+    (with ``example_keep [B]``, each example's own count, at most ``keep``) which kept slots hold
+    one of its example's ``example_keep[b]`` most significant tokens (bool ``[B, keep]``; None
+    without it).
 
     Padded keys receive zero attention, so padding never outranks a real token; ties are broken
     toward the earlier position (stable sort). With ``always_keep_cls_token`` token 0 is kept.
@@ -145,7 +148,11 @@ def select_tokens(significance: torch.Tensor, keep: int, always_keep_cls_token: 
         order = torch.topk(significance, significance.size(1), dim=1).indices
     else:
         order = torch.argsort(significance, dim=1, descending=True, stable=True)
-    return order[:, :keep].sort(dim=1).values, order[:, keep:]
+    kept, permutation = order[:, :keep].sort(dim=1)
+    if example_keep is None:
+        return kept, order[:, keep:], None
+    ranks = torch.arange(kept.size(1), device=kept.device).expand_as(kept)
+    return kept, order[:, keep:], ranks.gather(1, permutation) < example_keep.unsqueeze(1)
 
 
 def learned_significance(logits: torch.Tensor, real_tokens: torch.Tensor | None,
@@ -199,6 +206,20 @@ def drop_criterion_of(config) -> str:
     return criterion
 
 
+def example_keep_counts(fractions, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B, layers]``: each example's own token count per layer for keep ``fractions``
+    (``ceil(f * its real length)``, ``length_drop.resolve_length_config``'s rule); None where it
+    changes nothing, every example being as long as the batch's longest (skipped under tracing,
+    which keeps the graph data-independent)."""
+    if attention_mask is None:
+        return None
+    lengths = attention_mask.sum(dim=1)
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if not tracing and bool((lengths == lengths.max()).all()):
+        return None
+    return torch.stack(length_drop.resolve_length_config(tuple(fractions), lengths), dim=1)
+
+
 def real_tokens_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """Bool ``[B, L]``, True at real tokens; None when there is no padding, so attention runs
     unmasked (fastest). That check reads tensor values: while tracing (``torch.jit.trace``,
@@ -212,9 +233,10 @@ def real_tokens_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def longest_real_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-    """The batch's longest real sequence, which relative configurations are fractions of. Under
-    tracing or export it is the input's width (a shape, so the graph stays data-independent):
-    exported graphs therefore expect batches padded to their longest, as inference.py makes them."""
+    """The batch's longest real sequence, whose count of a relative configuration the batch
+    holds (each example keeps its own, ``example_keep_counts``). Under tracing or export it is the
+    input's width (a shape, so the graph stays data-independent); the per-example counts still
+    come from the mask, so an exported graph gives the same answers however far a batch is padded."""
     width = input_ids.size(1)
     if attention_mask is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return width
@@ -380,6 +402,7 @@ class LayerResult:
     dropped: torch.Tensor | None         # [B, n - k] indices of the dropped tokens
     probs: torch.Tensor | None
     scores: torch.Tensor | None
+    within: torch.Tensor | None = None   # [B, k]: kept slots within their example's own count
 
 
 class BertLayer(nn.Module):
@@ -393,18 +416,23 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
                 options: ForwardOptions, scorer: TokenScorer | None = None,
-                protected: torch.Tensor | None = None) -> LayerResult:
+                protected: torch.Tensor | None = None, example_keep: torch.Tensor | None = None) -> LayerResult:
         """``scorer``: the learned criterion ranks the tokens (``protected`` ones always kept);
-        None: the attention they receive."""
+        None: the attention they receive. ``example_keep [B]``: each example's own count (a keep
+        fraction of its own length); the batch keeps ``keep``, its largest."""
         # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
         drops, keep = _drop_decision(keep, hidden.size(1))
-        kept = dropped = None
+        kept = dropped = within = None
+        if not drops:
+            example_keep = None
         if drops and scorer is not None:
             significance = learned_significance(scorer(hidden), real_tokens, protected)
-            kept, dropped = select_tokens(significance, keep, options.always_keep_cls_token)
+            kept, dropped, within = select_tokens(significance, keep, options.always_keep_cls_token, example_keep)
             if options.select_before_attention:  # attention, too, runs on the kept tokens only
                 hidden = gather_tokens(hidden, kept)
                 real_tokens = None if real_tokens is None else real_tokens.gather(1, kept)
+                if within is not None:  # beyond its example's count a token is padding already here
+                    real_tokens = within if real_tokens is None else real_tokens & within
             attention_output, probs, scores, _ = self.attention(
                 hidden, real_tokens, options=options, need_significance=False)
             if not options.select_before_attention:
@@ -414,10 +442,11 @@ class BertLayer(nn.Module):
                 hidden, real_tokens, options=options, need_significance=drops)
             if drops:
                 # As the reference: gather the attention block's output, run the FFN on kept tokens.
-                kept, dropped = select_tokens(significance, keep, options.always_keep_cls_token)
+                kept, dropped, within = select_tokens(significance, keep, options.always_keep_cls_token,
+                                                      example_keep)
                 attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return LayerResult(layer_output, kept, dropped, probs, scores)
+        return LayerResult(layer_output, kept, dropped, probs, scores, within)
 
 
 def _drop_decision(keep, width) -> tuple[bool, object]:
@@ -446,7 +475,8 @@ class BertEncoder(nn.Module):
                               if drop_criterion_of(config) == "learned" else None)
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, *,
-                options: ForwardOptions, protected: torch.Tensor | None = None) -> EncoderOutput:
+                options: ForwardOptions, protected: torch.Tensor | None = None,
+                example_keep: torch.Tensor | None = None) -> EncoderOutput:
         """Run the layers with Drop-and-Restore.
 
         ``positions [B, n]`` maps the current tokens to input positions (None: identity).
@@ -454,9 +484,14 @@ class BertEncoder(nn.Module):
         written when tokens are dropped and once at the end, or after every layer when all hidden
         states are requested. Every branch depends on the options and shapes only, never on
         tensor values, so a fixed configuration traces to one graph.
+
+        ``example_keep [B, layers]`` (keep fractions resolved per example): a kept slot beyond its
+        example's own count is ``frozen``, dropped for that example: from then on it is padding
+        to attention and its state stays the one it had entering the layer that dropped it, the
+        state a dropped token is restored with.
         """
         output_hidden_states = options.output_hidden_states
-        positions = restored = None
+        positions = restored = frozen = None
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if options.output_attentions else None
         all_scores = [] if options.output_attention_scores else None
@@ -464,7 +499,9 @@ class BertEncoder(nn.Module):
             if options.layers_to_run is None or index in options.layers_to_run:
                 keep = None if options.length_config is None else options.length_config[index]
                 scorer = None if self.token_scorers is None else self.token_scorers[index]
-                result = layer(hidden, real_tokens, keep, options=options, scorer=scorer, protected=protected)
+                result = layer(hidden, real_tokens, keep, options=options, scorer=scorer, protected=protected,
+                               example_keep=None if example_keep is None else example_keep[:, index])
+                layer_input = hidden
                 if result.kept is not None:
                     if positions is None:  # first drop: the input already holds every final state so far
                         positions = torch.arange(hidden.size(1), device=hidden.device).expand(hidden.size(0), -1)
@@ -477,7 +514,15 @@ class BertEncoder(nn.Module):
                         real_tokens = real_tokens.gather(1, result.kept)
                     if protected is not None:
                         protected = protected.gather(1, result.kept)
+                    layer_input = gather_tokens(layer_input, result.kept)
+                    if frozen is not None:
+                        frozen = frozen.gather(1, result.kept)
+                    if result.within is not None:
+                        frozen = ~result.within if frozen is None else frozen | ~result.within
+                        real_tokens = result.within if real_tokens is None else real_tokens & result.within
                 hidden = result.hidden
+                if frozen is not None:
+                    hidden = torch.where(frozen.unsqueeze(-1), layer_input.to(hidden.dtype), hidden)
                 if all_probs is not None:
                     all_probs.append(result.probs)
                 if all_scores is not None:
@@ -576,9 +621,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     ) -> QAOutput | tuple:
         """Span logits for every input position. ``length_config[i]``: tokens kept by layer i,
         absolute (out of the padded length; capped at the tokens the layer receives) or a keep
-        fraction of the batch's longest real sequence (``length_drop.resolve_length_config``)."""
+        fraction of each example's own real length (``length_drop.resolve_length_config``)."""
         length_config = self.length_config if length_config is None else self._checked_length_config(length_config)
+        example_keep = None
         if length_drop.is_relative(length_config):
+            example_keep = example_keep_counts(length_config, attention_mask)
             length_config = length_drop.resolve_length_config(
                 length_config, longest_real_length(input_ids, attention_mask))
         layer_config = self.layer_config if layer_config is None else self._checked_layer_config(layer_config)
@@ -595,7 +642,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                      protected_tokens(attention_mask, token_type_ids, input_ids))
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options,
-                                    protected=protected)
+                                    protected=protected, example_keep=example_keep)
 
         logits = self.qa_outputs(encoded.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)

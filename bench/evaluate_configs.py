@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--drop_criterion", default=None, choices=["attention", "learned"],
                    help="run every model with this drop criterion (attention: the paper's, on the same "
                         "weights); default: each checkpoint's own")
+    p.add_argument("--select_before_attention", action="store_true",
+                   help="learned criterion: select before each layer's attention too")
     a = p.parse_args(argv)
 
     run_args = build_parser().parse_args([
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     results = []
     for path in a.model:
         overrides = {} if a.drop_criterion is None else {"drop_criterion": a.drop_criterion}
+        if a.select_before_attention:
+            overrides["select_before_attention"] = True
         model = load_model(path, **overrides).to(runtime.device).eval()
         try:
             configs = configs_to_score(a, model.config.num_hidden_layers)

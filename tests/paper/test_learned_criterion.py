@@ -152,3 +152,22 @@ def test_token_scorer_loss_hand_computed():
              + torch.log(1 - sig(torch.tensor(0.5)))) / 3
     got = distillation.token_scorer_loss([logits, logits], targets, counted)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_keep_fractions_per_example_do_not_depend_on_the_batch(before):
+    """Under the learned criterion too, an example's answer at keep fractions is the one it gets
+    alone: ceil(f * its own length) tokens per layer, not a share of its batch's longest."""
+    model = learned_model(num_hidden_layers=3, select_before_attention=before)
+    ids = torch.randint(5, 120, (2, L))
+    types = TYPES.expand(2, -1).clone()
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0  # the second example has 11 real tokens: its closing [SEP] is position 10
+    fractions = (1.0, 0.7, 0.4)
+    with torch.no_grad():
+        together = model(ids, mask, types, length_config=fractions)
+        for row, length in ((0, L), (1, 11)):
+            alone = model(ids[row:row + 1, :length], mask[row:row + 1, :length], types[row:row + 1, :length],
+                          length_config=fractions)
+            torch.testing.assert_close(together.start_logits[row, :length], alone.start_logits[0],
+                                       atol=1e-5, rtol=1e-5)

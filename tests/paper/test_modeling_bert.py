@@ -483,20 +483,26 @@ def test_flash_significance_equals_explicit_softmax_sums(count_padding_queries):
     torch.testing.assert_close(context, (probs @ v).transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
-def test_relative_configuration_keeps_fractions_of_the_longest_real_sequence():
-    """A keep-fraction configuration equals the token counts ceil(fraction * longest real length)
-    (hand-computed), whatever the batch's padding: padded to 14 or trimmed to its longest (9)."""
+def test_relative_configuration_keeps_fractions_of_each_examples_own_length():
+    """A keep-fraction configuration keeps, in each example, ceil(fraction * its own real length)
+    tokens per layer (hand-computed), whatever the batch's padding and whichever examples share
+    the batch: each example's logits are those of the example run alone, unpadded, at its counts."""
     model = _tiny_model(seed=4)
     ids, mask, types = _batch(model.config.vocab_size, [9, 7], 14, seed=12)
-    fractions = (1.0, 0.75, 0.5, 0.3)  # of 9 tokens: 9, ceil(6.75)=7, ceil(4.5)=5, ceil(2.7)=3
+    fractions = (1.0, 0.75, 0.5, 0.3)
+    own_counts = {9: (9, 7, 5, 3), 7: (7, 6, 4, 3)}  # ceil(f * 9) and ceil(f * 7)
     with torch.no_grad():
         relative = model(ids, mask, types, length_config=fractions)
-        absolute = model(ids, mask, types, length_config=(9, 7, 5, 3))
         trimmed = model(ids[:, :9], mask[:, :9], types[:, :9], length_config=fractions)
         full = model(ids, mask, types)
-    assert _max_diff(relative.start_logits[:, :9], absolute.start_logits[:, :9]) <= 1e-12
-    assert _max_diff(relative.end_logits[:, :9], trimmed.end_logits) <= 1e-9
-    assert _max_diff(relative.start_logits[0], full.start_logits[0]) > 1e-6  # it does drop real tokens
+        for row, length in enumerate((9, 7)):
+            alone = model(ids[row:row + 1, :length], mask[row:row + 1, :length], types[row:row + 1, :length],
+                          length_config=own_counts[length])
+            assert _max_diff(relative.start_logits[row, :length], alone.start_logits[0]) <= 1e-9, row
+            assert _max_diff(relative.end_logits[row, :length], alone.end_logits[0]) <= 1e-9, row
+    real = mask[:, :9].bool()  # padded positions' logits are never read
+    assert _max_diff(relative.end_logits[:, :9][real], trimmed.end_logits[real]) <= 1e-9
+    assert _max_diff(relative.start_logits[1, :7], full.start_logits[1, :7]) > 1e-6  # it does drop real tokens
     with torch.no_grad():  # all ones is the full model on real tokens
         ones = model(ids, mask, types, length_config=(1.0,) * 4)
     assert _max_diff(ones.start_logits[:, :9][mask[:, :9].bool()], full.start_logits[:, :9][mask[:, :9].bool()]) <= 1e-9

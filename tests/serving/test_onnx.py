@@ -103,14 +103,20 @@ def test_absolute_counts_above_the_width_drop_nothing(ws):
     assert max_diff_on_real(provider(*wide), eager(model, wide, None), wide[1]) > 1e-3
 
 
-def test_relative_fractions_resolve_against_each_batch_width(ws):
-    """ceil(fraction * width) tokens, computed here by hand, at widths the export never saw."""
+def test_relative_fractions_resolve_against_each_examples_length(ws):
+    """ceil(fraction * its own real length) tokens per example, computed here by hand, at widths
+    the export never saw: each row's logits are those of the row run alone at its counts."""
     provider = OrtLogits(ws["onnx"]["relative"])
     for width in (97, 33, 7):
         batch = random_batch(ws["model"].config.vocab_size, 3, width, seed=width)
-        counts = tuple(-(-round(f * 10) * width // 10) for f in RELATIVE)  # ceil, in integers
-        assert counts[1] < width  # something is dropped
-        assert_close_on_real(provider(*batch), eager(ws["model"], batch, counts), batch[1], atol=1e-5)
+        got = provider(*batch)
+        assert -(-round(RELATIVE[1] * 10) * width // 10) < width  # something is dropped
+        for row, length in enumerate(batch[1].sum(1).tolist()):
+            counts = tuple(-(-round(f * 10) * length // 10) for f in RELATIVE)  # ceil, in integers
+            alone = tuple(t[row:row + 1, :length] for t in batch)
+            want = eager(ws["model"], alone, counts)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g[row, :length], w[0], atol=1e-5, rtol=0)
 
 
 def test_metadata_records_what_the_file_is(ws):
