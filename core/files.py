@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -74,6 +75,41 @@ def temporary_beside(path, suffix: str = ".tmp"):
         yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, wait: bool = True):
+    """An exclusive ``flock`` on the file ``path`` (made if missing, released when the process
+    ends, even by kill -9): yields True while it is held, or False at once when ``wait`` is False
+    and another holder has it. The file is opened without following links (a link planted at its
+    name is refused, never its target locked), and opened again when the file at ``path`` was
+    removed or replaced while this waited, so two holders never lock two files of one name."""
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UsageError(f"{path}: is a link, not a lock file (refusing to follow it); remove the link") from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # removed or replaced meanwhile: lock the file now at that name
+    try:
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def follow_umask(folder) -> None:

@@ -40,14 +40,21 @@ def load_metadata(path, flag: str = "--onnx") -> OnnxMetadata:
 
 
 def checked_metadata(read, path, flag: str) -> OnnxMetadata:
-    """``read()``'s metadata, or a UsageError for a file of an older format or not ours."""
+    """``read()``'s metadata, or a UsageError for a file of an older format or not ours, or whose
+    graph is not the one the metadata was written for (``onnx_metadata.check_graph_of``: the
+    weights the metadata names are then not the graph's)."""
     try:
-        return read()
+        metadata = read()
     except OldFormatError as err:
         raise UsageError(f"{flag} {path}: {err}; export it again with --export_onnx") from None
     except (KeyError, ValueError, TypeError):
         raise UsageError(f"{flag} {path}: not written by inference.py --export_onnx "
                          f"(no dynamic_tinybert metadata)") from None
+    try:
+        onnx_metadata.check_graph_of(metadata, path)
+    except ValueError as err:
+        raise UsageError(f"{flag} {path}: {err}") from None
+    return metadata
 
 
 def check_matches_model(metadata: OnnxMetadata, model_config: dict, path, flag: str = "--onnx",

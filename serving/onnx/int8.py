@@ -82,7 +82,8 @@ def quantize_int8(source, destination, settings: Int8Settings = Int8Settings()) 
                          reduce_range=settings.reduce_range, weight_type=QuantType.QInt8,
                          nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
         quantized = onnx.load(str(tmp))
-        metadata = OnnxMetadata(**{**metadata.__dict__, "precision": "int8", "made_with": made_with(int8=True)})
+        metadata = OnnxMetadata(**{**metadata.__dict__, "precision": "int8", "made_with": made_with(int8=True),
+                                   "int8_settings": settings.key()})
         set_metadata(quantized, metadata)
         onnx.save_model(quantized, str(tmp))
     return metadata

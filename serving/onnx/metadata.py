@@ -11,11 +11,13 @@ Their int8 form is ``serving.onnx.int8``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
+import mmap
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core import files
 import length_drop
@@ -26,7 +28,8 @@ METADATA_PREFIX = "dynamic_tinybert."
 # Raised when what export_onnx writes changes, so cached files of older versions are not reused.
 # 2: the metadata records the weights' hash and the library versions.
 # 3: fused for ONNX Runtime (MultiHeadAttention, SkipLayerNormalization, BiasGelu).
-EXPORT_FORMAT_VERSION = 3
+# 4: the metadata records the graph's sha256 and, for int8, the quantisation settings.
+EXPORT_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,14 @@ class OnnxMetadata:
     weights_sha256: str           # core.hashing.weights_sha256 of the exported model
     made_with: str                # JSON {library: version} of what wrote the file
     precision: str = "fp32"       # "fp32" or "int8"
+    int8_settings: str | None = None  # int8: ``Int8Settings.key()`` of its quantisation
+    graph_sha256: str | None = None   # sha256 of the serialized graph (set by ``set_metadata``)
 
     def to_props(self) -> dict[str, str]:
         config = None if self.length_config is None else list(self.length_config)
-        return {METADATA_PREFIX + "length_config": json.dumps(config),
+        optional = {name: getattr(self, name) for name in ("int8_settings", "graph_sha256")
+                    if getattr(self, name) is not None}
+        return {**{METADATA_PREFIX + name: value for name, value in optional.items()},METADATA_PREFIX + "length_config": json.dumps(config),
                 METADATA_PREFIX + "weights_sha256": self.weights_sha256,
                 METADATA_PREFIX + "made_with": self.made_with,
                 METADATA_PREFIX + "num_hidden_layers": str(self.num_hidden_layers),
@@ -66,7 +73,8 @@ class OnnxMetadata:
         config = json.loads(get("length_config"))
         return cls(None if config is None else tuple(config), int(get("num_hidden_layers")),
                    int(get("hidden_size")), int(get("vocab_size")), int(get("max_position_embeddings")),
-                   get("weights_sha256"), get("made_with"), get("precision"))
+                   get("weights_sha256"), get("made_with"), get("precision"),
+                   props.get(METADATA_PREFIX + "int8_settings"), get("graph_sha256"))
 
 
 class OldFormatError(ValueError):
@@ -99,8 +107,16 @@ def metadata_of_session(session) -> OnnxMetadata:
     return OnnxMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
 
 
+def graph_sha256(model_proto) -> str:
+    """sha256 of the serialized graph (its nodes, initializers and constants: the weights as the
+    file holds them); ``file_parts`` computes the same from a file's bytes."""
+    return hashlib.sha256(model_proto.graph.SerializeToString()).hexdigest()
+
+
 def set_metadata(model_proto, metadata: OnnxMetadata) -> None:
-    props = metadata.to_props()
+    """Store ``metadata`` in the file's properties, with the sha256 of the graph as it is now (set
+    it last, after any change to the graph)."""
+    props = replace(metadata, graph_sha256=graph_sha256(model_proto)).to_props()
     kept = [p for p in model_proto.metadata_props if p.key not in props]
     del model_proto.metadata_props[:]
     model_proto.metadata_props.extend(kept)
@@ -129,6 +145,82 @@ def quiet():
             yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+# --------------------------------------------------------------------------------------------
+# A file's properties and graph hash from its bytes (no onnx import, one pass over the file)
+# --------------------------------------------------------------------------------------------
+
+_MODEL_GRAPH, _MODEL_METADATA_PROPS = 7, 14  # ModelProto's field numbers (onnx.proto)
+
+
+def _varint(data, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
+
+
+def _fields(data, begin: int, end: int):
+    """(field number, begin, end) of each length-delimited field of the message in ``data[begin:end]``."""
+    at = begin
+    while at < end:
+        tag, at = _varint(data, at)
+        kind = tag & 7
+        if kind == 0:
+            _, at = _varint(data, at)
+        elif kind in (1, 5):
+            at += 8 if kind == 1 else 4
+        elif kind == 2:
+            length, at = _varint(data, at)
+            if at + length > end:
+                raise ValueError("truncated")
+            yield tag >> 3, at, at + length
+            at += length
+        else:
+            raise ValueError(f"wire type {kind}")
+    if at != end:
+        raise ValueError("truncated")
+
+
+def file_parts(path) -> tuple[dict[str, str], str | None]:
+    """An ONNX file's metadata properties and the sha256 of its graph's bytes (None when the file
+    holds no graph, or more than one to be merged), read from its protobuf encoding. Raises
+    ValueError (or OSError) for a file that is not one."""
+    with open(path, "rb") as handle:
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            view = memoryview(data)
+            try:
+                props, graphs = {}, []
+                for field, begin, end in _fields(view, 0, len(view)):
+                    if field == _MODEL_GRAPH:
+                        graphs.append(hashlib.sha256(view[begin:end]).hexdigest())
+                    elif field == _MODEL_METADATA_PROPS:
+                        entry = {f: bytes(view[b:e]).decode("utf-8") for f, b, e in _fields(view, begin, end)}
+                        props[entry.get(1, "")] = entry.get(2, "")
+            except IndexError:
+                raise ValueError("truncated") from None
+            finally:
+                view.release()
+    return props, graphs[0] if len(graphs) == 1 else None
+
+
+def check_graph_of(metadata: OnnxMetadata, path) -> None:
+    """Raise ValueError when the graph in the file ``path`` is not the one its metadata was
+    written for (weights or nodes edited after export, the metadata kept)."""
+    try:
+        _, digest = file_parts(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read its graph ({err})") from None
+    if digest is None or digest != metadata.graph_sha256:
+        raise ValueError("its graph was edited after export (the graph's sha256 is not the one its metadata "
+                         "records); export it again with --export_onnx")
 
 
 def check_length_config_of(metadata: OnnxMetadata, length_config) -> None:
