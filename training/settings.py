@@ -223,7 +223,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     predict_path = (resolve_data_file(args, args.predict_file)
                     if args.do_eval or args.evaluate_during_training or args.do_search else None)
     model_shape = read_model_shape(args)
-    criterion = check_drop_criterion_flags(args, model_shape["drop_criterion"])
+    criterion = check_drop_criterion_flags(args, model_shape.get("drop_criterion", "attention"))
     length_config = checked_length_config(args.length_config, model_shape["num_hidden_layers"], args.max_seq_length)
     check_window_flags(args.max_seq_length, args.doc_stride, args.max_query_length, args.n_best_size,
                        args.max_answer_length, model_shape["max_position_embeddings"])
