@@ -16,7 +16,8 @@ from pathlib import Path
 
 import length_drop
 import search
-from core.checks import check_model_folder, check_threads, check_window_flags, checked_length_config
+from core.checks import (check_model_folder, check_threads, check_tokenizer_folder, check_window_flags,
+                         checked_length_config)
 from core.errors import UsageError, first_line
 from core.files import check_output_file, writable_folder as writable
 
@@ -282,8 +283,6 @@ def check_flags(args) -> None:
                          "(models load from local folders; no model hub is reachable)")
     check_output_dir(Path(args.output_dir))
     check_model_folder(Path(args.model_name_or_path), "--model_name_or_path")
-    check_tokenizer_folder(Path(args.tokenizer_name or args.model_name_or_path),
-                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path")
     check_size_flags(args)
     check_data_files(args)
     check_teacher(args)
@@ -394,15 +393,10 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"--output_dir {out}: {existing} is not writable")
 
 
-def check_tokenizer_folder(folder: Path, flag: str) -> None:
-    if not folder.is_dir() or not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
-        raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give "
-                         "--tokenizer_name a folder that has one")
-
-
 def read_model_shape(args) -> dict:
     """The student's layer count and position limit, from its configuration alone (the weights
-    load later), so the length and search flags are checked before anything loads."""
+    load later), so the length and search flags are checked before anything loads; its tokenizer
+    folder is checked against the configuration's vocabulary."""
     from transformers import AutoConfig
 
     path = args.resume_from_checkpoint or args.model_name_or_path
@@ -411,5 +405,8 @@ def read_model_shape(args) -> dict:
         config = AutoConfig.from_pretrained(args.config_name or path)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
+    # the tokenizer's files, and its ids against the embeddings (the check inference.py makes)
+    check_tokenizer_folder(args.tokenizer_name or args.model_name_or_path,
+                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path", config.vocab_size)
     return {"num_hidden_layers": config.num_hidden_layers,
             "max_position_embeddings": config.max_position_embeddings}
