@@ -17,7 +17,7 @@ from pathlib import Path
 import length_drop
 import search
 from core.checks import (check_model_folder, check_threads, check_tokenizer_folder, check_window_flags,
-                         checked_length_config)
+                         checked_length_config, read_json_object)
 from core.errors import UsageError, first_line
 from core.files import check_output_file, writable_folder as writable
 
@@ -329,8 +329,41 @@ def check_step_flags(args) -> None:
                          "there (only checkpoints written by this script's training can be resumed)")
     if args.resume_from_checkpoint:
         check_model_folder(Path(args.resume_from_checkpoint), "--resume_from_checkpoint")
+        check_resume(args)
     if args.fp16 and args.bf16:
         raise UsageError("give at most one of --fp16 and --bf16")
+
+
+# The flags a resumed run cannot honour, so one rule for all: each must be what the checkpoint was
+# trained with (its training_args.json). Its training_state.pt restores the optimizer's and schedule's
+# hyperparameters with their state (--learning_rate, --weight_decay, --adam_epsilon), and its step
+# count stands for batches of a data order and size (--seed, --per_gpu_train_batch_size,
+# --gradient_accumulation_steps, --group_by_length). Every other flag applies to the resumed run
+# and is recorded in its training_args.json (--max_steps, --num_train_epochs, the losses, ...).
+RESUME_FIXED_FLAGS = ("learning_rate", "weight_decay", "adam_epsilon", "seed", "per_gpu_train_batch_size",
+                      "gradient_accumulation_steps", "group_by_length")
+
+
+def check_resume(args) -> None:
+    """The checkpoint's training_state.pt whole and its flags the ones RESUME_FIXED_FLAGS names,
+    before any work."""
+    from training.checkpoints import load_training_state  # torch: only when resuming
+
+    folder = Path(args.resume_from_checkpoint)
+    recorded_path = folder / "training_args.json"
+    if not recorded_path.is_file():
+        raise UsageError(f"--resume_from_checkpoint {folder}: no training_args.json there (the flags it was "
+                         "trained with; every checkpoint of this script's training has one)")
+    recorded = read_json_object(recorded_path, "--resume_from_checkpoint")
+    load_training_state(folder, mmap=True)
+    if not args.do_train:
+        return
+    for name in RESUME_FIXED_FLAGS:
+        if name in recorded and recorded[name] != getattr(args, name):
+            raise UsageError(f"--{name} {json.dumps(getattr(args, name))}: --resume_from_checkpoint {folder} was "
+                             f"trained with {json.dumps(recorded[name])}, which its {TRAINING_STATE} keeps; resume "
+                             f"with that value, or start a new run from its weights with --model_name_or_path "
+                             f"{folder}")
 
 
 def check_numbers(args) -> None:
