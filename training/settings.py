@@ -19,7 +19,7 @@ import search
 from core.checks import (check_model_folder, check_threads, check_tokenizer_folder, check_window_flags,
                          checked_length_config, read_json_object)
 from core.errors import UsageError, first_line
-from core.files import check_output_file, writable_folder as writable
+from core.files import check_output_dir, check_output_file
 
 TRAINING_STATE = "training_state.pt"
 
@@ -410,20 +410,6 @@ def check_size_flags(args) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag} must be at least 1, got {value} (leave it out to use every question)")
-
-
-def check_output_dir(out: Path) -> None:
-    """The output folder must be a folder, or creatable, and writable (mode bits too: root may
-    write anywhere), before anything loads."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out} is a file, not a folder")
-    existing = out.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output_dir {out} lies under {existing}, which is a file")
-    if not writable(existing):
-        raise UsageError(f"--output_dir {out}: {existing} is not writable")
 
 
 def read_model_shape(args) -> dict:
