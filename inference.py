@@ -20,7 +20,8 @@ from pathlib import Path
 from core import files
 from serving import menu as length_menu
 from serving.onnx import cache as onnx_cache
-from core.checks import WINDOW_DEFAULTS, check_window_flags, read_model_config, window_settings
+from core.checks import (WINDOW_DEFAULTS, check_tokenizer_folder, check_window_flags, read_model_config,
+                         window_settings)
 from serving.settings import BACKENDS, ServingSettings, check_text
 from core.errors import PROJECT_ERRORS, UsageError, exit_code
 
@@ -85,6 +86,7 @@ def check_flags(args) -> ServingSettings:
         raise UsageError("--model is required (except with --list_cache or --clear_cache)")
     settings = ServingSettings.from_args(args)  # torch's threads are set when the torch backend loads
     config = read_model_config(args.model)
+    check_tokenizer_folder(args.model, "--model", config.get("vocab_size"))
     # an export runs at any width up to the model's positions: --max_seq_length only bounds counts
     positions = None if args.export_onnx else config.get("max_position_embeddings")
     window = window_settings(args.model, args.max_seq_length, args.doc_stride, args.max_query_length)

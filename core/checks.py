@@ -43,6 +43,63 @@ def check_model_folder(folder, flag: str = "--model") -> Path:
     return folder
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # what transformers builds a fast tokenizer from
+
+
+def read_json_object(path: Path, flag: str) -> dict:
+    """A JSON file that must hold an object, or a UsageError naming it."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{flag}: {path} is not a valid JSON file ({e})") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{flag}: {path} must hold a JSON object, got {type(loaded).__name__}")
+    return loaded
+
+
+def check_tokenizer_folder(folder, flag: str = "--model", vocab_size: int | None = None) -> Path:
+    """The folder, or a UsageError naming the file and what was expected, checked without
+    transformers: a ``tokenizer.json`` or ``vocab.txt`` (without either, transformers builds a
+    tokenizer of the special tokens alone, and every word becomes [UNK]); ``tokenizer_config.json``,
+    ``special_tokens_map.json`` and ``tokenizer.json``, where present, JSON objects; and, given the
+    model's ``vocab_size``, no token id past its embeddings. run_squad.py, inference.py and the API
+    all check a folder here before its tokenizer loads."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give a folder "
+                         "that has one (run_squad.py: --tokenizer_name)")
+    loaded = {name: read_json_object(folder / name, flag)
+              for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+              if (folder / name).is_file()}
+    if vocab_size is None:
+        return folder
+    source, ids = tokenizer_ids(folder, loaded, flag)
+    if ids > vocab_size:
+        raise UsageError(f"{flag}: {source} has {ids} tokens (ids 0 to {ids - 1}) but the model's embeddings "
+                         f"hold {vocab_size} (config.json vocab_size {vocab_size}): the tokenizer is not this "
+                         "model's; give the model's own tokenizer")
+    return folder
+
+
+def tokenizer_ids(folder: Path, loaded: dict, flag: str) -> tuple[Path, int]:
+    """(the file that sets them, how many token ids the folder's tokenizer gives: its highest + 1)."""
+    def added_ids(spec) -> list:
+        return [int(t["id"]) for t in spec.get("added_tokens", []) if isinstance(t, dict) and "id" in t]
+
+    try:
+        if "tokenizer.json" in loaded:  # transformers reads it first
+            spec = loaded["tokenizer.json"]
+            vocab = (spec.get("model") or {}).get("vocab") or {}
+            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+            return folder / "tokenizer.json", max([int(i) for i in ids] + added_ids(spec), default=-1) + 1
+        path = folder / "vocab.txt"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        decoder = loaded.get("tokenizer_config.json", {}).get("added_tokens_decoder") or {}
+        return path, max([len(lines) - 1] + [int(i) for i in decoder], default=-1) + 1
+    except (AttributeError, TypeError, ValueError, KeyError, OSError) as e:
+        raise UsageError(f"{flag} {folder}: unreadable tokenizer vocabulary ({e})") from None
+
+
 def read_model_config(folder, flag: str = "--model") -> dict:
     """The folder's config.json (checked to name the layer count), or a UsageError."""
     path = check_model_folder(folder, flag)

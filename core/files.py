@@ -167,6 +167,21 @@ def check_output_file(path, flag: str, inputs=()) -> None:
         raise UsageError(f"{flag} {path}: {problem}")
 
 
+def check_output_dir(out, flag: str = "--output_dir") -> None:
+    """An output folder, before any work: a folder, or creatable (not under a file), and writable
+    (mode bits too: root may write anywhere; a pseudo file system such as /proc is not). The one
+    check of run_squad.py's and ``python -m search.collect``'s ``--output_dir``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is a file, not a folder" if out.is_file() else f"{flag} {out} is not a folder")
+    existing = _existing(out)
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a folder"
+        raise UsageError(f"{flag} {out} lies under {existing}, which is {kind}")
+    if not writable_folder(existing):
+        raise UsageError(f"{flag} {out}: {existing} is not writable")
+
+
 def folder_problem(folder) -> str | None:
     """Why files cannot be written into ``folder``, or None: it must be a writable folder, or
     missing under one (missing folders are made on writing)."""

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from core.menu_format import MENU_FILE
 from search import menu as length_menu
+from core import files
 from core.errors import UsageError, cli_main
+from core.files import check_output_dir, check_output_file
 
 from .space import RESULTS_CSV
 from .front import finalize_outputs, format_front_table
@@ -61,8 +63,10 @@ def collect(url: str, study_name: str, output_dir: Path, menu_path: Path | None 
             restart: bool = False) -> dict:
     """Write the outputs of the shared study into ``output_dir``; returns the summary."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir}: not a folder")
+    # run_squad.py's up-front checks of the same places, before the storage opens
+    check_output_dir(output_dir)
+    menu_target = Path(menu_path) if menu_path else output_dir / MENU_FILE
+    check_output_file(menu_target, "--search_menu")
     study, where = load_study(url, study_name)
     attrs = study.user_attrs
     description = attrs.get(SEARCH_ATTR)
@@ -81,17 +85,23 @@ def collect(url: str, study_name: str, output_dir: Path, menu_path: Path | None 
                "rates": description["rates"], "measured_on": measured}
     summary = finalize_outputs(store, description["objective"], output_dir, description["rates"], space, summary)
     if description.get("menu") and store.get(space.full_config) is not None:
-        target = Path(menu_path) if menu_path else output_dir / MENU_FILE
         summary["length_menu"] = str(length_menu.write_search_menu(store.rows, space.full_config,
-                                                                   description["menu"], store.path, target))
+                                                                   description["menu"], store.path, menu_target))
     return summary
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    def disk_full(err: OSError) -> str | None:  # as run_squad.py says it
+        if not files.is_disk_full(err, args.output_dir):
+            return None
+        return f"no space left on {args.output_dir} ({err}); files already written are complete"
+
     return cli_main("search.collect", lambda: report(collect(
-        args.search_storage, args.search_study_name, Path(args.output_dir), args.search_menu, args.search_restart)))
+        args.search_storage, args.search_study_name, Path(args.output_dir), args.search_menu, args.search_restart)),
+        disk_full)
 
 
 def report(summary: dict) -> None:

@@ -44,7 +44,8 @@ from core import postprocess
 import utils_squad
 from core import batching
 from core.forward import TorchLogits
-from core.checks import check_threads, check_window_flags, checked_length_config, read_model_config, window_settings
+from core.checks import (check_threads, check_tokenizer_folder, check_window_flags, checked_length_config,
+                         read_model_config, window_settings)
 from core.hashing import weights_sha256
 from serving.settings import ServingSettings, check_text
 from core.errors import UsageError
@@ -121,6 +122,7 @@ class QuestionAnswerer:
         (float32, or int8 with ``settings.int8``), exported into the cache first."""
         set_threads(settings.threads)
         config = read_model_config(folder)  # wrong settings are said before any weights load
+        check_tokenizer_folder(folder, "--model", config.get("vocab_size"))
         windows = settings.windows(folder, config.get("max_position_embeddings"))
         layers = config["num_hidden_layers"]
         length_config = checked_length_config(settings.length_config, layers, windows["max_seq_length"])

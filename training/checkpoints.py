@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from core import files
-from core.errors import DiskFullError
+from core.errors import DiskFullError, UsageError, first_line
 from training.settings import TRAINING_STATE  # noqa: F401  (the file name, re-exported)
 
 CHECKPOINT_INFO = "checkpoint_info.json"  # the step a checkpoint was saved at, and the best F1 then
@@ -112,6 +112,37 @@ def recover_checkpoints(folder: Path) -> None:
             if path.exists():
                 logger.warning("removing %s, left by an interrupted checkpoint save", path)
                 shutil.rmtree(path, ignore_errors=True)
+
+
+# What ``resume_training_state`` reads of a training state; a file without one of them is refused.
+TRAINING_STATE_KEYS = {"optimizer": dict, "scheduler": dict, "global_step": int, "rng": dict}
+RNG_STATE_KEYS = ("torch", "python", "sandwich", "numpy")
+
+
+def load_training_state(folder, flag: str = "--resume_from_checkpoint", mmap: bool = False) -> dict:
+    """``folder``'s ``training_state.pt``, or a UsageError naming the file: empty, torn (cut short,
+    not a torch file) or incomplete (without the optimizer, schedule, step or random states a
+    resumption restores). ``mmap``: map the tensors without reading them, for a check before any
+    work."""
+    path = Path(folder) / TRAINING_STATE
+    hint = "resume from another checkpoint (checkpoint-last or checkpoint-N), or start anew with --model_name_or_path"
+    try:
+        if path.stat().st_size == 0:
+            raise UsageError(f"{flag}: {path} is empty (a save cut short); {hint}")
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except UsageError:
+        raise
+    except Exception as err:  # a torn zip archive, a pickle that is not one, an unreadable file
+        raise UsageError(f"{flag}: {path} cannot be read ({first_line(err)}); {hint}") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{flag}: {path} is not a training state (a {type(state).__name__}, not a dict); {hint}")
+    for key, kind in TRAINING_STATE_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise UsageError(f"{flag}: {path} is incomplete (no {key!r} {kind.__name__}); {hint}")
+    for key in RNG_STATE_KEYS:
+        if key not in state["rng"]:
+            raise UsageError(f"{flag}: {path} is incomplete (no 'rng.{key}' state); {hint}")
+    return state
 
 
 def rng_state(sandwich_rng: random.Random) -> dict:

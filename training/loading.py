@@ -11,7 +11,8 @@ from core.errors import UsageError
 from core.models import load_model_checked
 from training import distillation
 from training.runtime import Runtime
-from training.settings import DataSettings, ModelSettings, ObjectiveSettings, writable
+from core.files import writable_folder
+from training.settings import DataSettings, ModelSettings, ObjectiveSettings
 
 
 def checkpoint_has_fit_dense(folder: str) -> bool:
@@ -84,7 +85,7 @@ def feature_cache_dir(settings: DataSettings) -> Path:
     else <output_dir>/cached_features."""
     if settings.cache_dir:
         return Path(settings.cache_dir)
-    if settings.data_dir and writable(Path(settings.data_dir)):
+    if settings.data_dir and writable_folder(Path(settings.data_dir)):
         return Path(settings.data_dir)
     return Path(settings.output_dir) / "cached_features"
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from training.checkpoints import keeps_training_state, restore_rng_state, rng_state, save_checkpoint, unwrap
+from core.errors import UsageError, first_line
+from training.checkpoints import (keeps_training_state, load_training_state, restore_rng_state, rng_state,
+                                  save_checkpoint, unwrap)
 from training.objective import Objective, sandwich_weight, sub_models_for_step
 from core.forward import autocast_context
 from training.runtime import Runtime, set_seed
@@ -144,9 +146,13 @@ def schedule_length(settings: TrainSettings, num_features: int, world_size: int)
 def resume_training_state(path: str, optimizer, scheduler, scaler, sandwich_rng) -> tuple[int, dict]:
     """Load optimizer, scheduler, scaler and RNG states saved in checkpoint ``path``; returns
     (global step, best so far)."""
-    state = torch.load(Path(path) / TRAINING_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    state = load_training_state(path)  # checked before any work too (settings.check_resume)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UsageError(f"--resume_from_checkpoint: {Path(path) / TRAINING_STATE} does not fit this model's "
+                         f"optimizer ({first_line(err)})") from None
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"], sandwich_rng)

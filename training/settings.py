@@ -16,9 +16,10 @@ from pathlib import Path
 
 import length_drop
 import search
-from core.checks import check_model_folder, check_threads, check_window_flags, checked_length_config
+from core.checks import (check_model_folder, check_threads, check_tokenizer_folder, check_window_flags,
+                         checked_length_config, read_json_object)
 from core.errors import UsageError, first_line
-from core.files import check_output_file, writable_folder as writable
+from core.files import check_output_dir, check_output_file
 
 TRAINING_STATE = "training_state.pt"
 
@@ -301,8 +302,6 @@ def check_flags(args) -> None:
                          "(models load from local folders; no model hub is reachable)")
     check_output_dir(Path(args.output_dir))
     check_model_folder(Path(args.model_name_or_path), "--model_name_or_path")
-    check_tokenizer_folder(Path(args.tokenizer_name or args.model_name_or_path),
-                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path")
     check_size_flags(args)
     check_data_files(args)
     check_teacher(args)
@@ -349,8 +348,41 @@ def check_step_flags(args) -> None:
                          "there (only checkpoints written by this script's training can be resumed)")
     if args.resume_from_checkpoint:
         check_model_folder(Path(args.resume_from_checkpoint), "--resume_from_checkpoint")
+        check_resume(args)
     if args.fp16 and args.bf16:
         raise UsageError("give at most one of --fp16 and --bf16")
+
+
+# The flags a resumed run cannot honour, so one rule for all: each must be what the checkpoint was
+# trained with (its training_args.json). Its training_state.pt restores the optimizer's and schedule's
+# hyperparameters with their state (--learning_rate, --weight_decay, --adam_epsilon), and its step
+# count stands for batches of a data order and size (--seed, --per_gpu_train_batch_size,
+# --gradient_accumulation_steps, --group_by_length). Every other flag applies to the resumed run
+# and is recorded in its training_args.json (--max_steps, --num_train_epochs, the losses, ...).
+RESUME_FIXED_FLAGS = ("learning_rate", "weight_decay", "adam_epsilon", "seed", "per_gpu_train_batch_size",
+                      "gradient_accumulation_steps", "group_by_length")
+
+
+def check_resume(args) -> None:
+    """The checkpoint's training_state.pt whole and its flags the ones RESUME_FIXED_FLAGS names,
+    before any work."""
+    from training.checkpoints import load_training_state  # torch: only when resuming
+
+    folder = Path(args.resume_from_checkpoint)
+    recorded_path = folder / "training_args.json"
+    if not recorded_path.is_file():
+        raise UsageError(f"--resume_from_checkpoint {folder}: no training_args.json there (the flags it was "
+                         "trained with; every checkpoint of this script's training has one)")
+    recorded = read_json_object(recorded_path, "--resume_from_checkpoint")
+    load_training_state(folder, mmap=True)
+    if not args.do_train:
+        return
+    for name in RESUME_FIXED_FLAGS:
+        if name in recorded and recorded[name] != getattr(args, name):
+            raise UsageError(f"--{name} {json.dumps(getattr(args, name))}: --resume_from_checkpoint {folder} was "
+                             f"trained with {json.dumps(recorded[name])}, which its {TRAINING_STATE} keeps; resume "
+                             f"with that value, or start a new run from its weights with --model_name_or_path "
+                             f"{folder}")
 
 
 def check_numbers(args) -> None:
@@ -399,29 +431,10 @@ def check_size_flags(args) -> None:
             raise UsageError(f"--{flag} must be at least 1, got {value} (leave it out to use every question)")
 
 
-def check_output_dir(out: Path) -> None:
-    """The output folder must be a folder, or creatable, and writable (mode bits too: root may
-    write anywhere), before anything loads."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output_dir {out} is a file, not a folder")
-    existing = out.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output_dir {out} lies under {existing}, which is a file")
-    if not writable(existing):
-        raise UsageError(f"--output_dir {out}: {existing} is not writable")
-
-
-def check_tokenizer_folder(folder: Path, flag: str) -> None:
-    if not folder.is_dir() or not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
-        raise UsageError(f"{flag} {folder}: no tokenizer there (tokenizer.json or vocab.txt); give "
-                         "--tokenizer_name a folder that has one")
-
-
 def read_model_shape(args) -> dict:
     """The student's layer count and position limit, from its configuration alone (the weights
-    load later), so the length and search flags are checked before anything loads."""
+    load later), so the length and search flags are checked before anything loads; its tokenizer
+    folder is checked against the configuration's vocabulary."""
     from transformers import AutoConfig
 
     path = args.resume_from_checkpoint or args.model_name_or_path
@@ -430,6 +443,9 @@ def read_model_shape(args) -> dict:
         config = AutoConfig.from_pretrained(args.config_name or path)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise UsageError(f"{flag} {path}: cannot load the model ({first_line(e)})") from None
+    # the tokenizer's files, and its ids against the embeddings (the check inference.py makes)
+    check_tokenizer_folder(args.tokenizer_name or args.model_name_or_path,
+                           "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path", config.vocab_size)
     return {"num_hidden_layers": config.num_hidden_layers,
             "max_position_embeddings": config.max_position_embeddings,
             "drop_criterion": getattr(config, "drop_criterion", None) or "attention"}
