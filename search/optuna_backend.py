@@ -84,7 +84,7 @@ def sampler_seed(args, first_worker: bool = True) -> int:
     return int.from_bytes(hashlib.sha256(worker).digest()[:4], "little")
 
 
-def _create_or_load(study_name: str, storage, sampler):
+def _create_or_load(study_name: str, storage):
     """The study and whether this call created it: one worker wins the creation (the storage's
     unique study name), and only it records what the study is measured on."""
     import optuna
@@ -96,7 +96,7 @@ def _create_or_load(study_name: str, storage, sampler):
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler), created
+    return optuna.load_study(study_name=study_name, storage=storage), created
 
 
 def open_study(args, output_dir: Path, space: SearchSpace, measured: dict | None, description: dict):
@@ -107,18 +107,11 @@ def open_study(args, output_dir: Path, space: SearchSpace, measured: dict | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.search_storage or f"sqlite:///{(output_dir / 'search.db').resolve()}"
     storage, where = open_storage(url, args.search_heartbeat)
-    name = study_name_of(args)
-    try:
-        existing = any(s.study_name == name for s in storage.get_all_studies())
-    except Exception as err:
-        raise StoreError(f"cannot read the studies of {where}: {redact_text(first_line(err), url)}") from None
-    seed = sampler_seed(args, first_worker=not existing)
+    with storage_errors(where):
+        study, created = _create_or_load(study_name_of(args), storage)
+    seed = sampler_seed(args, first_worker=created)
     # constant_liar: a running trial counts as a poor result, so parallel workers spread out.
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    study, created = _create_or_load(name, storage, sampler)
-    if not created and seed == args.search_seed:  # another worker created it meanwhile
-        seed = sampler_seed(args, first_worker=False)
-        study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     rows = StudyRows(study, space, f"Optuna study {study.study_name!r} in {where}")
     rows.join(measured, description, created)
     return study, rows, {"storage": where, "study_name": study.study_name, "sampler_seed": seed}
