@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 import warnings
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.errors import UsageError
+from core.errors import StoreError, UsageError, first_line
 
 from .space import SearchSpace, Units
 from .cli import study_name_of
@@ -29,10 +32,26 @@ def optuna_config_from_params(params: dict, space: SearchSpace) -> Units:
     return tuple(sorted((int(v) for v in values), reverse=True))
 
 
+# Errors of workers that create the tables of a new database (or one folder's SQLite file) at
+# once: the loser of each race finds the table, type or index made by the winner, and opens the
+# storage again.
+_CREATION_RACE = ("IntegrityError", "DuplicateTable", "DuplicateObject", "UniqueViolation",
+                  "already exists", "database is locked")
+
+
+def _is_creation_race(err: BaseException) -> bool:
+    text = ""
+    while err is not None:
+        text += f"{type(err).__name__}: {err} "
+        err = err.__cause__ or err.__context__
+    return any(mark in text for mark in _CREATION_RACE)
+
+
 def open_storage(url: str, heartbeat: int | None = None):
     """The RDB storage at ``url`` and the URL without its password. With ``heartbeat`` (seconds),
     a worker killed in a trial stops beating; the next worker to start a trial marks it failed and
-    queues its configuration again (at most twice)."""
+    queues its configuration again (at most twice). Workers that create the storage's tables at
+    the same moment retry until the winner's tables are there."""
     import optuna
 
     retry = {}
@@ -43,25 +62,41 @@ def open_storage(url: str, heartbeat: int | None = None):
             retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
         else:
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
-    for attempt in range(3):  # workers that create the tables of a new database at once may collide
+    attempts = 8
+    for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, **retry), _redact_url(url)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, **retry), redact_url(url)
         except Exception as err:  # a bad URL, a missing driver, a server that cannot be reached
-            if attempt < 2 and "IntegrityError" in type(err).__name__ + repr(err.__cause__):
-                time.sleep(1 + attempt)
+            if attempt < attempts - 1 and _is_creation_race(err):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
                 continue
-            first_line = f"{type(err).__name__}: {err}".splitlines()[0]
-            raise UsageError(f"--search_storage: cannot open {_redact_url(url)} ({first_line})") from err
+            cause = redact_text(f"{type(err).__name__}: {first_line(err)}", url)
+            raise UsageError(f"--search_storage: cannot open {redact_url(url)} ({cause})") from None
 
 
-def sampler_seed(args) -> int:
-    """--search_seed for a search in its own folder's storage; on a storage given with
-    --search_storage (shared by workers) mixed with the host and process, so that workers started
-    with one command do not all draw the same first configurations."""
-    if args.search_storage is None:
+def sampler_seed(args, first_worker: bool = True) -> int:
+    """--search_seed for the worker that creates the study; any other worker (on any storage, the
+    folder's own SQLite file too) mixes it with the host and process, so that workers started with
+    one command do not all draw the same configurations in the same order."""
+    if first_worker:
         return args.search_seed
     worker = f"{args.search_seed}:{socket.gethostname()}:{os.getpid()}".encode()
     return int.from_bytes(hashlib.sha256(worker).digest()[:4], "little")
+
+
+def _create_or_load(study_name: str, storage):
+    """The study and whether this call created it: one worker wins the creation (the storage's
+    unique study name), and only it records what the study is measured on."""
+    import optuna
+    from optuna.study import StudyDirection
+
+    directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    try:
+        storage.create_new_study(directions, study_name=study_name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    return optuna.load_study(study_name=study_name, storage=storage), created
 
 
 def open_study(args, output_dir: Path, space: SearchSpace, measured: dict | None, description: dict):
@@ -72,13 +107,13 @@ def open_study(args, output_dir: Path, space: SearchSpace, measured: dict | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.search_storage or f"sqlite:///{(output_dir / 'search.db').resolve()}"
     storage, where = open_storage(url, args.search_heartbeat)
-    seed = sampler_seed(args)
+    with storage_errors(where):
+        study, created = _create_or_load(study_name_of(args), storage)
+    seed = sampler_seed(args, first_worker=created)
     # constant_liar: a running trial counts as a poor result, so parallel workers spread out.
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=args.search_storage is not None)
-    study = optuna.create_study(study_name=study_name_of(args), storage=storage, sampler=sampler,
-                                directions=["maximize", "minimize"], load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     rows = StudyRows(study, space, f"Optuna study {study.study_name!r} in {where}")
-    rows.join(measured, description)
+    rows.join(measured, description, created)
     return study, rows, {"storage": where, "study_name": study.study_name, "sampler_seed": seed}
 
 
@@ -128,8 +163,10 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
                 user_attrs={"length_config": list(row["length_config"])}))
 
     def counts() -> tuple[int, int]:
-        """(finished, running) trials; first fail the trials whose worker stopped beating."""
+        """(finished, running) trials; first fail the trials whose worker stopped beating (or
+        never beat)."""
         optuna.storages.fail_stale_trials(study)
+        fail_trials_without_heartbeat(study)
         states = [t.state for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))]
         return states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
 
@@ -150,16 +187,18 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
 
     # The budget counts completed trials (cached ones too). A failed or interrupted trial does not
     # use budget; each run still tries at most the remaining budget, so failures cannot loop.
-    finished, running = counts()
+    where = details.get("storage", "the storage")
+    with storage_errors(where):
+        finished, running = counts()
     tries_left = max(args.search_budget - finished, 0)
     with tqdm(total=args.search_budget, initial=min(finished, args.search_budget), desc="optuna search",
-              unit="trial") as bar:
+              unit="trial") as bar, storage_errors(where):
         while tries_left and not fatal and finished < args.search_budget:
             if finished + running >= args.search_budget:  # other workers' trials may still fail
                 time.sleep(min(args.search_heartbeat, 5))
             else:
-                study.optimize(objective, n_trials=1, catch=(Exception,))
-                tries_left -= 1
+                if optimize_one(study, objective):  # not a late result dropped (it was measured)
+                    tries_left -= 1
             finished, running = counts()
             bar.update(min(finished, args.search_budget) - bar.n)
     if fatal:
@@ -167,13 +206,126 @@ def run_optuna(args: argparse.Namespace, evaluator: Evaluator, space: SearchSpac
     return dict(details, trials=finished)
 
 
-def _redact_url(url: str) -> str:
-    """Hide a password in a SQLAlchemy URL before it is written to the summary."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+def fail_trials_without_heartbeat(study, now: datetime.datetime | None = None) -> list[int]:
+    """Fail (and queue again, like a stale trial) the RUNNING trials that never beat: a worker
+    killed between Optuna creating its trial and the trial's first heartbeat. Optuna's own check
+    passes over a trial without a heartbeat row, which would then hold its budget for ever. A
+    trial counts once it is older than the grace period (twice the heartbeat). Returns their
+    numbers."""
+    import copy
+
+    import optuna
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)  # under Optuna's cache
+    interval = getattr(rdb, "heartbeat_interval", None)
+    if not hasattr(rdb, "scoped_session") or not interval:  # an RDB storage with a heartbeat
+        return []
+    grace = datetime.timedelta(seconds=rdb.grace_period or 2 * interval)
+    now = now or datetime.datetime.now()
+    with _create_scoped_session(rdb.scoped_session) as session:
+        orphans = [(trial.trial_id, trial.number) for trial in
+                   session.query(models.TrialModel)
+                   .filter(models.TrialModel.study_id == study._study_id)
+                   .filter(models.TrialModel.state == TrialState.RUNNING).all()
+                   if not trial.heartbeats and trial.datetime_start is not None
+                   and now - trial.datetime_start.replace(tzinfo=None) > grace]
+    failed = []
+    for trial_id, number in orphans:
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(number)
+                logger.warning("trial %d never sent a heartbeat (its worker stopped as it began); "
+                               "failed and queued again", number)
+                callback = storage.get_heartbeat_stale_trial_callback()
+                if callback is not None:
+                    callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    return failed
 
 
+def optimize_one(study, objective) -> bool:
+    """One trial of ``study.optimize``. A worker stalled past the grace period (a suspended
+    machine) may find its trial failed and queued again by another worker: Optuna then cannot
+    tell its result ("Cannot tell a FAIL trial"); that result is dropped with a warning (its row
+    is in the CSV and the study already) and the search goes on."""
+    import optuna
+
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    try:
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError, AssertionError) as err:
+        if isinstance(err, ValueError) and not isinstance(err, optuna.exceptions.UpdateFinishedTrialError) \
+                and "Cannot tell" not in str(err):
+            raise
+        if isinstance(err, (RuntimeError, AssertionError)) and "Should not reach" not in str(err):
+            raise
+        mine = sorted({t.number for t in study.get_trials(deepcopy=False)} - before)
+        logger.warning("trial %s was failed and queued again by another worker while this one was "
+                       "stalled; its late result is dropped (%s)", mine[0] if mine else "?", first_line(err))
+        return False
+
+
+@contextlib.contextmanager
+def storage_errors(where: str):
+    """The storage going away mid-search (a server stopped, the connection lost) stops the worker
+    with one line: the rows are kept in the CSV and the study, and the same command goes on once
+    the storage is back."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise StoreError(f"lost the Optuna storage {where} ({type(err).__name__}: "
+                         f"{first_line(err)}); the rows so far are kept: run the same command again "
+                         f"once the storage is back") from None
+    except UnboundLocalError as err:  # optuna's tell after its storage call failed
+        if not isinstance(err.__context__, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+            raise
+        raise StoreError(f"lost the Optuna storage {where} ({type(err.__context__).__name__}: "
+                         f"{first_line(err.__context__)}); the rows so far are kept: run the same "
+                         f"command again once the storage is back") from None
+
+
+def _password_of(url: str) -> str | None:
+    """The password in a SQLAlchemy URL, given after the user name or as a query parameter."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy can read: look for "user:password@" by hand
+        rest = url.split("://", 1)[-1]
+        if "@" in rest and ":" in rest.rsplit("@", 1)[0]:
+            return rest.rsplit("@", 1)[0].split(":", 1)[1]
+        return None
+    if parsed.password:
+        return str(parsed.password)
+    for key, value in parsed.query.items():
+        if key.lower() in ("password", "passwd", "pwd"):
+            return value if isinstance(value, str) else (value[0] if value else None)
+    return None
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (a message that may quote ``url``) with the URL's password, as given and as it
+    would be quoted in a URL, replaced by ``***``."""
+    from urllib.parse import quote, quote_plus
+
+    password = _password_of(url)
+    if not password:
+        return text
+    for form in sorted({password, quote(password, safe=""), quote_plus(password)}, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """A SQLAlchemy URL without its password (after the user name or as ``?password=``), for the
+    summary, the collector's output and error lines."""
+    return redact_text(url, url)

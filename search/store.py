@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 
-from core.errors import UsageError
+from core.errors import StoreError, UsageError
 from core.files import atomic_write_text
 from length_drop import check_length_config, is_relative
 
@@ -139,15 +139,22 @@ class ResultStore:
         rows = [_parse_csv_row(raw, f"{self.path}: line {index + 2}", self.space) for index, raw in enumerate(reader)]
         return rows, torn
 
-    def _sync(self) -> None:
+    def _sync(self, keep_without_shared: bool = False) -> None:
         """(Under the lock.) Take the file's rows, keep this process's rows the file lost (a
-        writer without the lock), and repair the file if needed."""
+        writer without the lock), and repair the file if needed. ``keep_without_shared``: when
+        the shared rows cannot be read (the storage went away), go on with the file's alone."""
         file_rows, needs_write = self._read_file()
         in_file = {row["length_config"] for row in file_rows}
         lost = [row for row in self.rows if row["length_config"] not in in_file]
         merged = [self._by_config.get(row["length_config"], row) for row in file_rows] + lost
         if self.shared is not None:
-            merged, changed = _merge_shared(merged, self.shared.rows())
+            try:
+                shared_rows = self.shared.rows()
+            except StoreError:
+                if not keep_without_shared:
+                    raise
+                shared_rows = []
+            merged, changed = _merge_shared(merged, shared_rows)
             needs_write = needs_write or changed
         self.rows, self._by_config = [], {}
         for row in merged:
@@ -170,9 +177,10 @@ class ResultStore:
 
     def append(self, row: dict) -> dict:
         """Append one row and fsync it, so a crash right after loses nothing. Returns the stored
-        row: another worker's, if it measured the same configuration meanwhile."""
+        row: another worker's, if it measured the same configuration meanwhile. A shared storage
+        that went away does not lose the row: it is kept in the file, then publishing it fails."""
         with file_lock(self.path):
-            self._sync()
+            self._sync(keep_without_shared=True)
             existing = self.get(row["length_config"])
             if existing is not None:
                 return existing

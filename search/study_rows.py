@@ -83,11 +83,30 @@ class StudyRows(SharedRows):
         value.update(measured_at=time.time(), worker=self.worker)
         self._call("store a row in", lambda: self.study.set_user_attr(ROW_PREFIX + fields["length_config"], value))
 
-    def join(self, measured: dict | None, description: dict) -> None:
+    def _recorded(self, attrs: dict) -> bool:
+        """Whether the study's creator has recorded it (or it holds rows or trials already)."""
+        return (MEASURED_ON_ATTR in attrs or any(key.startswith(ROW_PREFIX) for key in attrs)
+                or bool(self._call("read the trials of", lambda: self.study.get_trials(deepcopy=False))))
+
+    def join(self, measured: dict | None, description: dict, created: bool = False,
+             wait: float = 30.0) -> None:
         """Record what this worker measures on and its search, or stop (UsageError) when the
-        study holds rows of another model, data, objective or space."""
-        attrs = self._attrs()
+        study holds rows of another model, data, objective or space.
+
+        Only the worker that created the study records them (the search, then ``measured_on``);
+        the others wait for that record and compare theirs with it, so workers of two models that
+        start one new study at once never both pass. A study whose creator stopped before
+        recording (or one from an earlier version) is claimed after ``wait`` seconds."""
         way_out = "give another --search_study_name or --search_storage"
+        attrs = self._attrs()
+        if created:
+            self._call("record the search in", lambda: self.study.set_user_attr(SEARCH_ATTR, description))
+            self._call("record measured_on in", lambda: self.study.set_user_attr(MEASURED_ON_ATTR, measured))
+            return
+        deadline = time.monotonic() + wait
+        while not self._recorded(attrs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            attrs = self._attrs()
         recorded = attrs.get(MEASURED_ON_ATTR)
         if measured is not None:
             differences = fingerprint_differences(recorded, measured) if recorded is not None else []

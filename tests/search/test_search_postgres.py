@@ -20,10 +20,11 @@ import pytest
 import search
 import search.collect as search_collect
 from helpers import REPO_ROOT, subprocess_env
-from postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
+import postgres_server as _postgres
 from search_worker import MAX_LENGTH, MEASURED_ON, NUM_LAYERS
 from search_helpers import SyntheticTask, brute_force_pareto, config_of, make_args, read_csv
 
+postgres_server, postgres_url = _postgres.postgres_server, _postgres.postgres_url  # fixtures
 WORKER = REPO_ROOT / "tests" / "search_worker.py"
 BUDGET = 8
 
@@ -155,3 +156,44 @@ def test_other_weights_are_refused_by_the_study_and_the_collector(postgres_url, 
     # A study of another name: one line naming the flag and the studies there.
     code, err = collect(postgres_url, "no-such-study", tmp_path / "d", capsys)
     assert code == 2 and "--search_study_name" in err and study in err
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import search
+from core.errors import UsageError
+from search.optuna_backend import open_study
+from search.study_rows import search_description
+from search_helpers import make_args
+
+url, weights, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+space = search.SearchSpace(3, 5, 30)
+args = make_args("--search_backend", "optuna", "--search_storage", url, "--search_study_name", "race")
+time.sleep(max(start - time.time(), 0))
+try:
+    open_study(args, Path("."), space, {"weights_sha256": weights}, search_description("macs", space, [1.0], None))
+    print("searching", weights)
+except UsageError as err:
+    print("refused", weights, err)
+"""
+
+
+def test_workers_of_two_models_opening_a_new_database_at_once(postgres_url, tmp_path):
+    """Six workers (three per model) start on a new database at one instant: each opens the
+    storage (no "cannot open" from the race creating Optuna's tables), the workers of one model
+    search, those of the other are refused naming the weights."""
+    start = time.time() + 3
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, postgres_url, weights, str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                  env=subprocess_env())
+                 for weights in ("aaaa", "bbbb") * 3]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, outputs
+    lines = [output.strip().splitlines()[-1] for output in outputs]
+    searching = {line.split()[1] for line in lines if line.startswith("searching")}
+    assert len(searching) == 1, lines
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 3 and all("measured on something else" in line and "weights_sha256" in line
+                                     for line in refused), lines
+    assert not any("Traceback" in output for output in outputs)
