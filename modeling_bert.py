@@ -638,8 +638,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             output_attention_scores=output_attention_scores, always_keep_cls_token=always_keep_cls_token,
             count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)),
             select_before_attention=bool(getattr(self.config, "select_before_attention", False)))
-        protected = (None if self.bert.encoder.token_scorers is None else
-                     protected_tokens(attention_mask, token_type_ids, input_ids))
+        protected = (None if self.bert.encoder.token_scorers is None or length_config is None else
+                     protected_tokens(attention_mask, token_type_ids, input_ids))  # only selection reads it
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options,
                                     protected=protected, example_keep=example_keep)

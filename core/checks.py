@@ -25,12 +25,7 @@ def check_model_folder(folder, flag: str = "--model") -> Path:
     config = folder / "config.json"
     if not config.is_file():
         raise UsageError(f"{flag} {folder}: no config.json there (not a Hugging Face model folder)")
-    try:
-        loaded = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{flag}: {config} is not a valid JSON file ({e})") from None
-    if not isinstance(loaded, dict):
-        raise UsageError(f"{flag}: {config} must hold a JSON object, got {type(loaded).__name__}")
+    read_json_object(config, flag)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise UsageError(f"{flag} {folder}: no weights file there (expected one of {', '.join(WEIGHT_FILES)})")
     if (folder / "model.safetensors").is_file():

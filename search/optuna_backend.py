@@ -259,11 +259,10 @@ def optimize_one(study, objective) -> bool:
     try:
         study.optimize(objective, n_trials=1, catch=(Exception,))
         return True
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError, AssertionError) as err:
-        if isinstance(err, ValueError) and not isinstance(err, optuna.exceptions.UpdateFinishedTrialError) \
-                and "Cannot tell" not in str(err):
-            raise
-        if isinstance(err, (RuntimeError, AssertionError)) and "Should not reach" not in str(err):
+    except (ValueError, RuntimeError, AssertionError) as err:  # UpdateFinishedTrialError is a RuntimeError
+        late = (isinstance(err, optuna.exceptions.UpdateFinishedTrialError)
+                or "Cannot tell" in str(err) or "Should not reach" in str(err))
+        if not late:
             raise
         mine = sorted({t.number for t in study.get_trials(deepcopy=False)} - before)
         logger.warning("trial %s was failed and queued again by another worker while this one was "
@@ -279,18 +278,15 @@ def storage_errors(where: str):
     import optuna
     import sqlalchemy.exc
 
+    lost = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
     try:
         yield
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise StoreError(f"lost the Optuna storage {where} ({type(err).__name__}: "
-                         f"{first_line(err)}); the rows so far are kept: run the same command again "
-                         f"once the storage is back") from None
-    except UnboundLocalError as err:  # optuna's tell after its storage call failed
-        if not isinstance(err.__context__, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+    except (*lost, UnboundLocalError) as err:  # UnboundLocalError: optuna's tell after its storage call failed
+        cause = err.__context__ if isinstance(err, UnboundLocalError) else err
+        if not isinstance(cause, lost):
             raise
-        raise StoreError(f"lost the Optuna storage {where} ({type(err.__context__).__name__}: "
-                         f"{first_line(err.__context__)}); the rows so far are kept: run the same "
-                         f"command again once the storage is back") from None
+        raise StoreError(f"lost the Optuna storage {where} ({type(cause).__name__}: {first_line(cause)}); "
+                         f"the rows so far are kept: run the same command again once the storage is back") from None
 
 
 def _password_of(url: str) -> str | None:
