@@ -21,7 +21,7 @@ from core import files
 from serving import menu as length_menu
 from serving.onnx import cache as onnx_cache
 from core.checks import (WINDOW_DEFAULTS, check_tokenizer_folder, check_window_flags, read_model_config,
-                         window_settings)
+                         token_selection, window_settings)
 from serving.settings import BACKENDS, ServingSettings, check_text
 from core.errors import PROJECT_ERRORS, UsageError, exit_code
 
@@ -113,8 +113,10 @@ def run_export(args) -> None:
     if args.backend != "torch" or args.onnx:
         raise UsageError("--export_onnx exports the --model folder's weights: drop --backend onnxruntime/--onnx")
     length_config = args.length_config
-    layers = read_model_config(args.model)["num_hidden_layers"]
-    choice = length_menu.pick(args.model, layers, length_config, args.speedup, args.max_f1_drop, args.menu)
+    config = read_model_config(args.model)
+    layers = config["num_hidden_layers"]
+    choice = length_menu.pick(args.model, layers, length_config, args.speedup, args.max_f1_drop, args.menu,
+                              selection=token_selection(config))
     if choice is not None:  # export the menu's choice
         max_seq_length = window_settings(args.model, args.max_seq_length)["max_seq_length"]
         length_config = length_menu.choice_config(choice, layers, max_seq_length)

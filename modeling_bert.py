@@ -45,15 +45,15 @@ from transformers.models.bert.modeling_bert import (
 from transformers.utils import ModelOutput
 
 import length_drop
+from core.checks import DROP_CRITERIA, SCORERS_FILE
 
 # Additive mask value for padded keys (transformers 3.x / TinyBERT convention).
 MASK_VALUE = -10000.0
 # Score elements per chunk in the inference attention loop (2M floats = 8 MiB).
 _CHUNK_SCORES = 2 * 1024 * 1024
-# How a layer ranks the tokens it may drop: the attention they receive (the paper's) or a scorer.
-DROP_CRITERIA = ("attention", "learned")
+# How a layer ranks the tokens it may drop (DROP_CRITERIA, core.checks): the attention they receive
+# (the paper's) or a scorer of one of these kinds, its weights in SCORERS_FILE.
 TOKEN_SCORERS = ("linear", "mlp")
-SCORERS_FILE = "token_scorers.safetensors"
 SCORERS_PREFIX = "bert.encoder.token_scorers."
 
 

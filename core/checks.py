@@ -95,6 +95,37 @@ def tokenizer_ids(folder: Path, loaded: dict, flag: str) -> tuple[Path, int]:
         raise UsageError(f"{flag} {folder}: unreadable tokenizer vocabulary ({e})") from None
 
 
+DROP_CRITERIA = ("attention", "learned")  # modeling_bert's: how a layer ranks the tokens it may drop
+SCORERS_FILE = "token_scorers.safetensors"  # the learned criterion's scorers, beside model.safetensors
+
+
+def token_selection(config) -> dict:
+    """How the model chooses the tokens a layer keeps, from its config (a ``BertConfig`` or
+    config.json's dict): ``{"drop_criterion": "attention" | "learned", "select_before_attention":
+    bool}``. What a length menu, a search and an ONNX file record, so that one made with one
+    criterion is never used with the other."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
+    criterion = get("drop_criterion") or "attention"
+    if criterion not in DROP_CRITERIA:
+        raise ValueError(f"config drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
+    return {"drop_criterion": criterion,
+            "select_before_attention": criterion == "learned" and bool(get("select_before_attention"))}
+
+
+def weight_files(folder, config: dict) -> list[Path]:
+    """The safetensors files whose tensors together are the folder's model's state dict:
+    model.safetensors, and under the learned criterion the token scorers beside it."""
+    folder = Path(folder)
+    learned = token_selection(config)["drop_criterion"] == "learned"
+    return [folder / "model.safetensors"] + ([folder / SCORERS_FILE] if learned else [])
+
+
+def describe_selection(selection: dict) -> str:
+    """``token_selection``'s dict in words, for error messages."""
+    words = f"the {selection['drop_criterion']} drop criterion"
+    return words + " (selecting before attention)" if selection.get("select_before_attention") else words
+
+
 def read_model_config(folder, flag: str = "--model") -> dict:
     """The folder's config.json (checked to name the layer count), or a UsageError."""
     path = check_model_folder(folder, flag)

@@ -4,8 +4,8 @@
 * ``tensors_sha256``: every tensor's name, dtype, shape and bytes, in name order ("name|dtype|shape|"
   then the raw bytes). A model's ``weights_sha256`` is this hash of its state dict; a search's rows,
   a length menu and an ONNX file record it, and the feature cache records it of its tensors.
-* ``safetensors_weights_sha256``: the same hash of a safetensors file, read without torch (the
-  quick ONNX path). It equals the model's ``weights_sha256`` when loading the file changes and adds
+* ``safetensors_weights_sha256``: the same hash of safetensors files, read without torch (the
+  quick ONNX path). It equals the model's ``weights_sha256`` when loading the files changes and adds
   no tensor.
 
 torch is imported only by the functions that take tensors, so the torch-free serving path can
@@ -13,6 +13,7 @@ import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -58,19 +59,28 @@ def weights_sha256(model) -> str:
     return tensors_sha256(getattr(model, "module", model).state_dict())
 
 
-def safetensors_weights_sha256(path) -> str | None:
-    """``weights_sha256`` of a model whose state dict is exactly this safetensors file, read
-    without torch; None for a dtype it does not know."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + size])
-        header.pop("__metadata__", None)
+def safetensors_weights_sha256(*paths) -> str | None:
+    """``weights_sha256`` of a model whose state dict is exactly these safetensors files together
+    (model.safetensors, and the learned criterion's token scorers beside it), read without torch;
+    None for a dtype it does not know or a tensor name in two files."""
+    entries = {}
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            handle = stack.enter_context(open(path, "rb"))
+            data = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            (size,) = struct.unpack("<Q", data[:8])
+            header = json.loads(data[8:8 + size])
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                if name in entries:
+                    return None
+                entries[name] = (data, 8 + size, entry)
         digest = hashlib.sha256()
-        for name in sorted(header):
-            entry = header[name]
+        for name in sorted(entries):
+            data, base, entry = entries[name]
             dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
             if dtype is None:
                 return None
             begin, end = entry["data_offsets"]
-            _update(digest, name, dtype, tuple(entry["shape"]), data[8 + size + begin:8 + size + end])
+            _update(digest, name, dtype, tuple(entry["shape"]), data[base + begin:base + end])
     return digest.hexdigest()

@@ -33,7 +33,9 @@ def build_menu(rows: Sequence[dict], full_config: Sequence, info: dict) -> dict:
     """The menu's JSON object from the search's rows (every row of search_results.csv).
 
     ``info``: length_space, batching, batch_size, max_seq_length, doc_stride, max_query_length,
-    num_hidden_layers, objective, weights_sha256, predict_file_sha256, search_results (the CSV)."""
+    num_hidden_layers, objective, drop_criterion and select_before_attention (the model's token
+    selection; the paper's criterion when absent), weights_sha256, predict_file_sha256,
+    search_results (the CSV)."""
     from search import pareto_flags  # the search's own dominance rule
 
     full_row = next((r for r in rows if tuple(r["length_config"]) == tuple(full_config)), None)
@@ -65,6 +67,8 @@ def build_menu(rows: Sequence[dict], full_config: Sequence, info: dict) -> dict:
         "max_query_length": info.get("max_query_length"), "num_hidden_layers": info["num_hidden_layers"],
         "questions": max(questions), "objective": info.get("objective"),
         "retime_repeats": info.get("retime_repeats"),
+        "drop_criterion": info.get("drop_criterion", "attention"),
+        "select_before_attention": bool(info.get("select_before_attention", False)),
         "weights_sha256": info.get("weights_sha256"), "predict_file_sha256": info.get("predict_file_sha256"),
         "search_results": info.get("search_results"),
         "full": entry(full_row),

@@ -45,7 +45,7 @@ import utils_squad
 from core import batching
 from core.forward import TorchLogits
 from core.checks import (check_threads, check_tokenizer_folder, check_window_flags, checked_length_config,
-                         read_model_config, window_settings)
+                         read_model_config, token_selection, window_settings)
 from core.hashing import weights_sha256
 from serving.settings import ServingSettings, check_text
 from core.errors import UsageError
@@ -127,7 +127,7 @@ class QuestionAnswerer:
         layers = config["num_hidden_layers"]
         length_config = checked_length_config(settings.length_config, layers, windows["max_seq_length"])
         choice = length_menu.pick(folder, layers, length_config, settings.speedup, settings.max_f1_drop,
-                                  settings.menu)
+                                  settings.menu, selection=token_selection(config))
         if choice is not None:
             length_config = length_menu.choice_config(choice, layers, windows["max_seq_length"])
         runs_onnx = export_onnx or settings.exports_onnx

@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import numbers
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import length_drop
+from core.checks import describe_selection
 from core.errors import UsageError
 from core.menu_format import FORMAT, MENU_FILE, SPEEDUP_BASES, TOLERANCE, VERSION
 
@@ -48,6 +50,9 @@ class Menu:
     weights_sha256: str | None
     full: MenuEntry
     entries: tuple[MenuEntry, ...]  # the front, fastest last
+    # core.checks.token_selection of the searched model (menus that do not say: the paper's criterion)
+    selection: dict = dataclasses.field(default_factory=lambda: {"drop_criterion": "attention",
+                                                                 "select_before_attention": False})
 
     @property
     def candidates(self) -> list[MenuEntry]:
@@ -109,13 +114,20 @@ def load_menu(path, num_hidden_layers: int | None = None, given: bool = False) -
     if not isinstance(configurations, list) or not configurations:
         raise UsageError(f"{path}: field configurations must be a non-empty list")
     entries = tuple(entry_of(value, f"configurations[{i}]") for i, value in enumerate(configurations))
+    criterion = raw.get("drop_criterion", "attention")
+    if criterion not in ("attention", "learned"):
+        check.fail("drop_criterion", f"must be 'attention' or 'learned', got {criterion!r}")
+    before = raw.get("select_before_attention", False)
+    if not isinstance(before, bool):
+        check.fail("select_before_attention", f"must be true or false, got {before!r}")
     return Menu(path=path, length_space=space, speedup_basis=basis,
                 batching=check.choice(raw, "batching", ("padded", "sorted")),
                 batch_size=check.integer(raw, "batch_size"), max_seq_length=max_seq_length,
                 doc_stride=check.integer(raw, "doc_stride", optional=True),
                 max_query_length=check.integer(raw, "max_query_length", optional=True),
                 questions=check.integer(raw, "questions"),
-                weights_sha256=check.string(raw, "weights_sha256", optional=True), full=full, entries=entries)
+                weights_sha256=check.string(raw, "weights_sha256", optional=True), full=full, entries=entries,
+                selection={"drop_criterion": criterion, "select_before_attention": before})
 
 
 class _Checker:
@@ -225,12 +237,17 @@ def check_budget_flags(length_config, speedup, max_f1_drop, menu) -> bool:
 
 
 def pick(folder, num_hidden_layers: int, length_config=None, speedup=None, max_f1_drop=None,
-         menu=None) -> Choice | None:
+         menu=None, selection: dict | None = None) -> Choice | None:
     """The menu's choice for ``--speedup``/``--max_f1_drop`` (None when neither is given); the
-    menu is ``menu`` or ``<folder>/length_configs.json``. Reads no weights."""
+    menu is ``menu`` or ``<folder>/length_configs.json``. Reads no weights. ``selection``: the
+    model's ``core.checks.token_selection``; a menu searched with another is refused."""
     if not check_budget_flags(length_config, speedup, max_f1_drop, menu):
         return None
     loaded = load_menu(menu_path_of(folder, menu), num_hidden_layers, given=menu is not None)
+    if selection is not None and loaded.selection != selection:
+        raise UsageError(f"{loaded.path} was searched with {describe_selection(loaded.selection)}, but the model's "
+                         f"config.json asks for {describe_selection(selection)}: its F1 and speedups do not "
+                         "describe this model; run the search again")
     budget = f"--speedup {speedup:g}" if speedup is not None else f"--max_f1_drop {max_f1_drop:g}"
     return Choice(loaded, choose(loaded, speedup, max_f1_drop), budget)
 

@@ -9,8 +9,9 @@ n-best rules (``postprocess``).
 
 ``answer`` returns None where this path cannot vouch for that, and the caller takes the full
 path: no ``tokenizer.json`` or pad token, a tokenizer that does not lower-case (the full path
-warns), or weights that are not a ``model.safetensors`` whose hash is the file's
-``weights_sha256`` (the full path loads them and says what differs).
+warns), or weights that are not safetensors files (``model.safetensors``, and the learned
+criterion's token scorers) whose hash is the file's ``weights_sha256`` (the full path loads them
+and says what differs).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from serving.onnx import backend as ort_backend
 from core import postprocess
 from core import batching, windows
-from core.checks import check_window_flags, read_model_config
+from core.checks import check_window_flags, read_model_config, weight_files
 from core.hashing import safetensors_weights_sha256
 
 def pad_token_id(folder: Path, backend) -> int | None:
@@ -83,14 +84,14 @@ def answer(folder, onnx_path, question: str, context: str, *, max_seq_length: in
     None when the full path must answer (module docstring)."""
     folder = Path(folder)
     config = read_model_config(folder)
-    weights = folder / "model.safetensors"
+    weights = weight_files(folder, config)
     loaded = load_backend(folder)
-    if loaded is None or not weights.is_file():
+    if loaded is None or not all(path.is_file() for path in weights):
         return None
     backend, pad_id = loaded
     provider = ort_backend.OrtLogits(onnx_path, threads)
     ort_backend.check_matches_model(provider.metadata, config, onnx_path)  # the shape; the weights below
-    if safetensors_weights_sha256(weights) != provider.metadata.weights_sha256:
+    if safetensors_weights_sha256(*weights) != provider.metadata.weights_sha256:
         return None
     check_window_flags(max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length,
                        provider.metadata.max_position_embeddings)

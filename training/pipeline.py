@@ -11,6 +11,7 @@ import torch.distributed as dist
 from search import menu as length_menu
 import search
 import utils_squad
+from core.checks import token_selection
 from core.hashing import file_sha256, weights_sha256
 from training.checkpoints import recover_checkpoints, unwrap
 from core.errors import UsageError
@@ -113,7 +114,7 @@ def run_search(settings: Settings, model, tokenizer, runtime) -> Path:
     max_seq_length = settings.data.max_seq_length
     full_macs = evaluator.macs(model.config, None, batching)  # the basis of every row's macs
     measured_on = search_measured_on(settings, model, tokenizer, batching)
-    info = menu_info(settings, model.config.num_hidden_layers, batching, measured_on)
+    info = menu_info(settings, model.config, batching, measured_on)
     csv_path = search.run_search_from_args(settings.search, evaluate_fn, model.config.num_hidden_layers,
                                            max_seq_length, full_macs, settings.output_dir,
                                            measured_on=measured_on, menu_info=info)
@@ -126,13 +127,14 @@ def run_search(settings: Settings, model, tokenizer, runtime) -> Path:
     return csv_path
 
 
-def menu_info(settings: Settings, num_layers: int, batching: str, measured_on: dict) -> dict:
+def menu_info(settings: Settings, model_config, batching: str, measured_on: dict) -> dict:
     """What the length menu records besides the rows (kept with a shared study for search.collect)."""
     s = settings.search
     return {"length_space": search.length_space_of(s), "batching": batching,
             "batch_size": settings.eval.per_gpu_eval_batch_size, "max_seq_length": settings.data.max_seq_length,
             "doc_stride": settings.data.doc_stride, "max_query_length": settings.data.max_query_length,
-            "num_hidden_layers": num_layers, "objective": s.search_objective,
+            "num_hidden_layers": model_config.num_hidden_layers, "objective": s.search_objective,
+            **token_selection(model_config),
             "weights_sha256": measured_on["weights_sha256"], "predict_file_sha256": measured_on["predict_file_sha256"]}
 
 
@@ -156,6 +158,9 @@ def search_measured_on(settings: Settings, model, tokenizer, batching: str = "pa
     other weights, data or lengths are never reused. On sorted batches the batch size too (it
     sets each batch's longest sequence, which relative configurations are fractions of)."""
     extra = {"eval_batch_size": settings.eval.per_gpu_eval_batch_size} if batching == "sorted" else {}
+    selection = token_selection(model.config)
+    if selection["drop_criterion"] != "attention":  # recorded when not the paper's, as the space and batching
+        extra.update(selection)
     return {"weights_sha256": weights_sha256(model),
             "predict_file_sha256": file_sha256(settings.data.predict_path),
             "tokenizer": utils_squad.tokenizer_fingerprint(tokenizer),

@@ -15,6 +15,7 @@ import numpy as np
 
 from core import files
 from core.batching import to_numpy
+from core.checks import describe_selection, token_selection
 import length_drop
 from serving.onnx import cache as onnx_cache
 from serving.onnx import metadata as onnx_metadata
@@ -60,13 +61,17 @@ def checked_metadata(read, path, flag: str) -> OnnxMetadata:
 def check_matches_model(metadata: OnnxMetadata, model_config: dict, path, flag: str = "--onnx",
                         weights_sha256: str | None = None) -> None:
     """UsageError when the file was exported from another model than the folder that gives the
-    tokenizer and settings: another shape than its ``config.json``, or (when ``weights_sha256``
-    is given) other weights of the same shape."""
+    tokenizer and settings: another shape or token selection than its ``config.json``, or (when
+    ``weights_sha256`` is given) other weights of the same shape."""
     for field in ("num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings"):
         ours, theirs = getattr(metadata, field), model_config.get(field)
         if ours != theirs:
             raise UsageError(f"{flag} {path}: exported from a model with {field} {ours}, but --model "
                              f"has {theirs}; export this model with --export_onnx")
+    ours, theirs = metadata.selection, token_selection(model_config)
+    if ours != theirs:
+        raise UsageError(f"{flag} {path}: exported with {describe_selection(ours)}, but --model's config.json "
+                         f"asks for {describe_selection(theirs)}; export this model with --export_onnx")
     if weights_sha256 is not None and metadata.weights_sha256 != weights_sha256:
         raise UsageError(f"{flag} {path}: exported from other weights than --model's (its weights_sha256 "
                          f"differs); export this model with --export_onnx")

@@ -33,7 +33,7 @@ from core import files
 from serving.onnx import metadata as onnx_metadata
 from serving.onnx import int8 as onnx_int8
 from serving.onnx.int8 import Int8Settings
-from core.checks import WEIGHT_FILES
+from core.checks import SCORERS_FILE, WEIGHT_FILES
 from core.hashing import file_sha256
 
 logger = logging.getLogger("onnx_cache")
@@ -51,10 +51,11 @@ def default_cache_dir() -> Path:
 
 
 def folder_fingerprint(folder) -> str:
-    """sha256 of the folder's config.json and weight files (names and bytes)."""
+    """sha256 of the folder's config.json and weight files (names and bytes), the learned
+    criterion's token scorers included."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    for name in ("config.json", *WEIGHT_FILES):
+    for name in ("config.json", *WEIGHT_FILES, SCORERS_FILE):
         if (folder / name).is_file():
             digest.update(name.encode() + b"\0" + file_sha256(folder / name).encode())
     return digest.hexdigest()

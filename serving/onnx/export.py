@@ -4,7 +4,8 @@
     quantize_int8("model.onnx", "model-int8.onnx")
 
 The graph holds Drop-and-Restore: each dropping layer selects tokens with ONNX TopK on the
-significance, ``k = min(count, width)`` computed from the input's shape, so the batch and sequence
+significance (the attention received, or the learned criterion's token scorers, which the graph
+holds), ``k = min(count, width)`` computed from the input's shape, so the batch and sequence
 axes stay dynamic. An absolute configuration therefore drops nothing in a layer whose count is at
 least the tokens it receives (as the PyTorch model does); a relative one resolves its fractions
 against the input's width, which is the batch's longest real sequence when batches are padded only
@@ -66,6 +67,7 @@ def export_onnx(model, path, length_config=None, fuse: bool = True) -> OnnxMetad
     False (``fuse_for_onnxruntime``). Returns the metadata stored in the file."""
     import onnx
 
+    from core.checks import token_selection
     from core.hashing import weights_sha256
 
     config = model.config
@@ -81,7 +83,8 @@ def export_onnx(model, path, length_config=None, fuse: bool = True) -> OnnxMetad
     model.eval().to(device="cpu", dtype=torch.float32)
     try:
         metadata = OnnxMetadata(length_config, config.num_hidden_layers, config.hidden_size, config.vocab_size,
-                                config.max_position_embeddings, weights_sha256(model), made_with(), "fp32")
+                                config.max_position_embeddings, weights_sha256(model), made_with(), "fp32",
+                                **token_selection(config))
         with torch.no_grad(), quiet():
             program = torch.onnx.export(
                 wrapper, example_inputs(config.max_position_embeddings), dynamo=True,

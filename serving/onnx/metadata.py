@@ -1,7 +1,7 @@
 """ONNX files written by ``serving.onnx.export``: their metadata, read and written without torch.
 
 The file's metadata (``dynamic_tinybert.*``, ``OnnxMetadata``) records the length configuration,
-the model's shape, the precision, the hash of the weights it holds (``core.hashing.weights_sha256``)
+the model's shape, its token selection (``core.checks.token_selection``), the precision, the hash of the weights it holds (``core.hashing.weights_sha256``)
 and the library versions that wrote it, so a runner can check the file against the model folder
 it pairs it with. ``metadata_of_session`` reads it from an ONNX Runtime session (no ``onnx``
 import, which alone takes over a second).
@@ -29,7 +29,8 @@ METADATA_PREFIX = "dynamic_tinybert."
 # 2: the metadata records the weights' hash and the library versions.
 # 3: fused for ONNX Runtime (MultiHeadAttention, SkipLayerNormalization, BiasGelu).
 # 4: the metadata records the graph's sha256 and, for int8, the quantisation settings.
-EXPORT_FORMAT_VERSION = 4
+# 5: the metadata records the token selection (drop criterion, selecting before attention).
+EXPORT_FORMAT_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,19 @@ class OnnxMetadata:
     precision: str = "fp32"       # "fp32" or "int8"
     int8_settings: str | None = None  # int8: ``Int8Settings.key()`` of its quantisation
     graph_sha256: str | None = None   # sha256 of the serialized graph (set by ``set_metadata``)
+    drop_criterion: str = "attention"  # core.checks.token_selection of the exported model
+    select_before_attention: bool = False
+
+    @property
+    def selection(self) -> dict:
+        return {"drop_criterion": self.drop_criterion, "select_before_attention": self.select_before_attention}
 
     def to_props(self) -> dict[str, str]:
         config = None if self.length_config is None else list(self.length_config)
         optional = {name: getattr(self, name) for name in ("int8_settings", "graph_sha256")
                     if getattr(self, name) is not None}
-        return {**{METADATA_PREFIX + name: value for name, value in optional.items()},METADATA_PREFIX + "length_config": json.dumps(config),
+        return {**{METADATA_PREFIX + name: value for name, value in optional.items()},
+                METADATA_PREFIX + "length_config": json.dumps(config),
                 METADATA_PREFIX + "weights_sha256": self.weights_sha256,
                 METADATA_PREFIX + "made_with": self.made_with,
                 METADATA_PREFIX + "num_hidden_layers": str(self.num_hidden_layers),
@@ -59,6 +67,8 @@ class OnnxMetadata:
                 METADATA_PREFIX + "vocab_size": str(self.vocab_size),
                 METADATA_PREFIX + "max_position_embeddings": str(self.max_position_embeddings),
                 METADATA_PREFIX + "precision": self.precision,
+                METADATA_PREFIX + "drop_criterion": self.drop_criterion,
+                METADATA_PREFIX + "select_before_attention": json.dumps(self.select_before_attention),
                 METADATA_PREFIX + "format_version": str(EXPORT_FORMAT_VERSION)}
 
     @classmethod
@@ -74,7 +84,8 @@ class OnnxMetadata:
         return cls(None if config is None else tuple(config), int(get("num_hidden_layers")),
                    int(get("hidden_size")), int(get("vocab_size")), int(get("max_position_embeddings")),
                    get("weights_sha256"), get("made_with"), get("precision"),
-                   props.get(METADATA_PREFIX + "int8_settings"), get("graph_sha256"))
+                   props.get(METADATA_PREFIX + "int8_settings"), get("graph_sha256"), get("drop_criterion"),
+                   json.loads(get("select_before_attention")) is True)
 
 
 class OldFormatError(ValueError):
