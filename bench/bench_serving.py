@@ -14,8 +14,9 @@ timed side by side (interleaved repeats, medians) at each thread count and batch
     absolute and relative configurations) with the torch backend (fp32), ONNX Runtime fp32 and
     ONNX Runtime int8 (``--int8``).
 
-F1 and EM (the official metric) come from one pass over all the questions per system and batch
-size (relative configurations resolve per batch, so batch 1 and 32 can differ); times come from
+F1 and EM (the official metric) come from one pass over all the questions per system, at the
+largest batch size (a relative configuration resolves against each example's own length, so the
+batch size changes no answer); each row names its drop criterion. Times come from
 the first ``--time_features`` features (sorted systems sort within them). Speedups are given
 against transformers sorted + longest (what a user would pick) and against padding to the
 window. Each system's F1 is compared question by question with the same weights at full length in float32
@@ -50,7 +51,7 @@ from core import postprocess
 import utils_squad
 from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
 from inference import QuestionAnswerer, onnx_question_answerer
-from length_drop import is_relative
+from core.checks import read_model_config, token_selection
 
 @dataclass
 class Batch:
@@ -66,6 +67,7 @@ class System:
     pad: str                  # "max" or "longest"
     run: batching.Forward     # (input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits) numpy
     length_config: object = None
+    drop_criterion: str | None = None  # ours: the model's token selection ("attention", "learned"); None: drops nothing
 
     def plan(self, features, rows: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:
         """``batching.batch_plan`` of the features ``rows``, in this system's order and padding."""
@@ -161,14 +163,20 @@ def parse_config(text: str):
     return name, json.loads(value)
 
 
-def our_systems(model_dir: Path, configs, backends, threads: int, workdir: Path) -> list[System]:
-    """Ours, per configuration and backend, through the inference module's own API: the logits
-    provider a ``QuestionAnswerer`` runs (the torch model, or the ONNX Runtime session)."""
+def our_systems(model_dirs, configs, backends, threads: int, workdir: Path) -> list[System]:
+    """Ours, per model folder, configuration and backend, through the inference module's own API:
+    the logits provider a ``QuestionAnswerer`` runs (the torch model, or the ONNX Runtime session).
+    Each folder's config.json gives its drop criterion; with several folders (one backbone, the
+    paper's criterion and the learned one) the name says which."""
     systems = []
-    for name, config in configs:
-        for backend in backends:
-            qa = our_answerer(model_dir, config, backend, threads, workdir)
-            systems.append(System(f"ours {backend}, {name}", "ours", "sorted", "longest", qa.provider, config))
+    for model_dir in model_dirs:
+        criterion = token_selection(read_model_config(model_dir))["drop_criterion"]
+        tag = f" {criterion}" if len(model_dirs) > 1 else ""
+        for name, config in configs:
+            for backend in backends:
+                qa = our_answerer(model_dir, config, backend, threads, workdir)
+                systems.append(System(f"ours{tag} {backend}, {name}", "ours", "sorted", "longest", qa.provider,
+                                      config, criterion if config is not None else None))
     return systems
 
 
@@ -199,7 +207,8 @@ def time_systems(systems, batches_of, repeats: int, desc: str) -> dict:
 
 def score(system, examples, features, gold, batch_size) -> dict:
     inputs = (features.input_ids, features.attention_mask, features.token_type_ids)
-    out = batching.plan_logits(system.run, inputs, system.plan(features, np.arange(len(features)), batch_size))
+    out = batching.plan_logits(system.run, inputs, system.plan(features, np.arange(len(features)), batch_size),
+                               progress=True)
     starts, ends = out.starts, out.ends
     predictions, _ = postprocess.postprocess_predictions(examples, features, starts, ends, 20, 30)
     per_question = [100.0 * metric_max_over_ground_truths(f1_score, predictions[q], answers)
@@ -226,7 +235,11 @@ def paired_f1_difference(per_question: list[float], reference: list[float]) -> d
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path,
+                   help="the checkpoint: transformers' baselines load its backbone, ours run it")
+    p.add_argument("--ours", action="append", type=Path, default=None,
+                   help="run ours on this folder instead (repeatable: e.g. the same backbone with the paper's "
+                        "criterion and with learned token scorers); default: --model")
     p.add_argument("--dev_file", required=True)
     p.add_argument("--max_questions", type=int, default=500)
     p.add_argument("--config", action="append", default=None,
@@ -274,7 +287,7 @@ def main(argv=None):
     for threads in threads_list:
         torch.set_num_threads(threads)
         systems = baseline_systems(args.model, threads, workdir) + our_systems(
-            args.model, configs, backends, threads, workdir)
+            args.ours or [args.model], configs, backends, threads, workdir)
         for batch_size in batch_sizes:
             timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
             batches_of = {s.name: make_batches(s, features, timed, batch_size) for s in systems}
@@ -285,18 +298,19 @@ def main(argv=None):
                 if earlier is not None:
                     rows.append(dict(system=system.name, family=system.family, threads=threads,
                                      batch_size=batch_size, length_config=system.length_config,
+                                     drop_criterion=system.drop_criterion,
                                      seconds=seconds[system.name], timed_features=len(timed),
                                      speedup_vs_sorted=sorted_base / seconds[system.name],
                                      speedup_vs_padded=padded_base / seconds[system.name],
                                      **earlier[(system.name, batch_size)]))
                     continue
-                # Logits depend on the batching only through relative configurations (resolved per
-                # batch); other systems are scored once, at the largest batch size.
-                needs_score = threads == threads_list[-1] and (
-                    batch_size == max(batch_sizes) or is_relative(system.length_config))
+                # Logits do not depend on the batching (a relative configuration resolves against each
+                # example's own length): every system is scored once, at the largest batch size.
+                needs_score = threads == threads_list[-1] and batch_size == max(batch_sizes)
                 metrics = score(system, examples, features, gold, batch_size) if needs_score else {}
                 rows.append(dict(system=system.name, family=system.family, threads=threads,
                                  batch_size=batch_size, length_config=system.length_config,
+                                 drop_criterion=system.drop_criterion,
                                  seconds=seconds[system.name], timed_features=len(timed),
                                  speedup_vs_sorted=sorted_base / seconds[system.name],
                                  speedup_vs_padded=padded_base / seconds[system.name], **metrics))
@@ -304,7 +318,7 @@ def main(argv=None):
     scored = {(r["system"], r["batch_size"]): r for r in rows if "f1" in r}
     for r in rows:
         if "f1" not in r:
-            source = scored.get((r["system"], r["batch_size"])) or scored[(r["system"], max(batch_sizes))]
+            source = scored[(r["system"], max(batch_sizes))]
             r.update({k: source[k] for k in ("f1", "exact_match", "f1_per_question") if k in source})
     reference = scored.get((F1_REFERENCE, max(batch_sizes)), {}).get("f1_per_question")
     for r in rows:
@@ -323,13 +337,13 @@ def main(argv=None):
 
 
 def print_table(rows):
-    header = (f"{'system':<46} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs pad':>7} "
+    header = (f"{'system':<46} {'drops by':>9} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs pad':>7} "
               f"{'F1':>6} {'EM':>6} {'dF1 (95%)':>14}")
     print(header)
     print("-" * len(header))
     for r in rows:
         diff = f"{r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if "f1_diff" in r else ""
-        print(f"{r['system']:<46} {r['threads']:>3} {r['batch_size']:>5} "
+        print(f"{r['system']:<46} {r.get('drop_criterion') or '-':>9} {r['threads']:>3} {r['batch_size']:>5} "
               f"{1e3 * r['seconds'] / r['timed_features']:>8.2f} {r['speedup_vs_sorted']:>9.2f} "
               f"{r['speedup_vs_padded']:>7.2f} {r['f1']:>6.2f} {r['exact_match']:>6.2f} {diff:>14}")
 

@@ -6,7 +6,8 @@ search's CSV (e.g. its Pareto front, to re-score on more questions than the sear
         --front search/pareto_front.csv --output scores.json [--bf16] [--max_questions N]
 
 Writes a JSON list (one object per configuration: length_config, f1, exact_match, macs_ratio,
-questions, source) and prints a table. Same metric and post-processing as ``run_squad.py --do_eval``.
+questions, source; with ``--paired`` also f1_diff, f1_diff_ci95 and relative_f1_loss against the
+first model at full length, question by question) and prints a table. Same metric and post-processing as ``run_squad.py --do_eval``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from training.flags import build_parser
 from core.models import load_model, load_tokenizer
 from training.runtime import setup_runtime
 from training.settings import build_settings
+from bench.bench_serving import paired_f1_difference
 
 
 def front_configs(path: Path, pareto_only: bool) -> list[tuple[int, ...]]:
@@ -83,6 +85,10 @@ def main(argv=None) -> int:
                         "weights); default: each checkpoint's own")
     p.add_argument("--select_before_attention", action="store_true",
                    help="learned criterion: select before each layer's attention too")
+    p.add_argument("--paired", action="store_true",
+                   help="score the first model at full length first and give every row its F1 difference "
+                        "from it, question by question, with a 95%% interval (the same backbone's models "
+                        "share that reference: a learned checkpoint fit on a frozen parent, for one)")
     a = p.parse_args(argv)
 
     run_args = build_parser().parse_args([
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"evaluate_configs.py: error: {e}", file=sys.stderr)
         return 2
-    results = []
+    results, reference = [], None
     for path in a.model:
         overrides = {} if a.drop_criterion is None else {"drop_criterion": a.drop_criterion}
         if a.select_before_attention:
@@ -113,13 +119,18 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"evaluate_configs.py: error: {e}", file=sys.stderr)
             return 2
+        if a.paired and reference is None:
+            reference = evaluator(model, None, write_predictions=False, per_question=True)["f1_per_question"]
         for config, source in configs:
-            r = evaluator(model, config, write_predictions=False)
+            r = evaluator(model, config, write_predictions=False, per_question=a.paired)
+            if a.paired:
+                r.update(paired_f1_difference(r.pop("f1_per_question"), reference))
             r.update(source=source, label=label_of(path), model=path, drop_criterion=model.drop_criterion,
                      length_config=list(config) if config else [a.max_seq_length] * model.config.num_hidden_layers)
             results.append(r)
             print(f"{label_of(path):28s} {model.drop_criterion:9s} {source:24s} {str(r['length_config']):36s} MACs x{r['macs_ratio']:.2f} "
-                  f"F1 {r['f1']:.2f} EM {r['exact_match']:.2f} ({r['questions']} q.)", flush=True)
+                  f"F1 {r['f1']:.2f} EM {r['exact_match']:.2f} ({r['questions']} q.)"
+                  + (f" dF1 {r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if a.paired else ""), flush=True)
     utils_squad.atomic_write_json(Path(a.output), results)
     return 0
 

@@ -24,7 +24,7 @@ import length_drop
 from core import postprocess
 from core import batching
 from core.errors import UsageError
-from evaluate_squad import evaluate_answers
+from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
 from training.loading import load_features
 from core.forward import TorchLogits
 from training.runtime import Runtime
@@ -103,7 +103,10 @@ class DevEvaluator:
         batching.sorted_batch_logits(TorchLogits(model, None, self.device, self.settings.precision),
                                      model_inputs(self.features), self.settings.per_gpu_eval_batch_size)
 
-    def __call__(self, model, length_config=None, write_predictions=True) -> dict:
+    def __call__(self, model, length_config=None, write_predictions=True, per_question: bool = False) -> dict:
+        """Official EM/F1 (and MACs, seconds) of ``model`` at ``length_config``; ``per_question``:
+        also each question's F1 (``f1_per_question``, in the dev file's order), for paired
+        comparisons."""
         settings = self.settings
         starts, ends, eval_seconds, kind = self.logits(model, length_config)
         predictions, nbest = postprocess.postprocess_predictions(
@@ -113,7 +116,9 @@ class DevEvaluator:
         macs = self.macs(model.config, length_config, kind)
         if write_predictions:
             postprocess.write_predictions(predictions, nbest, settings.output_dir)
-        return {"exact_match": scores["exact_match"], "f1": scores["f1"],
+        extra = {"f1_per_question": [100.0 * metric_max_over_ground_truths(f1_score, predictions.get(q, ""), answers)
+                                     for q, answers in self.gold.items()]} if per_question else {}
+        return {"exact_match": scores["exact_match"], "f1": scores["f1"], **extra,
                 "length_config": list(length_config) if length_config is not None else None,
                 "macs": macs, "full_macs": full_macs, "macs_ratio": full_macs / macs,
                 "macs_basis": self.macs_basis(kind), "batching": kind,

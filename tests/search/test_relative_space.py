@@ -14,6 +14,7 @@ from serving import menu as length_menu
 import run_squad
 import search
 import utils_squad
+from evaluate_squad import evaluate_answers
 from fake_sigopt_server import FakeSigOpt
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 from core.models import load_tokenizer
@@ -71,6 +72,12 @@ def test_relative_eval_gives_question_answerers_predictions(ws, tmp_path):
     assert batching == "sorted" and np.isneginf(starts).any()
     np.testing.assert_array_equal(starts, qa_starts)
     np.testing.assert_array_equal(ends, qa_ends)
+    # Each question's F1 (for paired comparisons) is the official metric on that question alone.
+    scored = evaluator(qa.model, qa.length_config, write_predictions=False, per_question=True)
+    gold = {e.qas_id: [a["text"] for a in e.answers] for e in examples}
+    assert scored["f1_per_question"] == pytest.approx(
+        [evaluate_answers({q: answers}, {q: expected[q]})["f1"] for q, answers in gold.items()])
+    assert np.mean(scored["f1_per_question"]) == pytest.approx(scored["f1"])
     # The absolute evaluation keeps the paper's batching: every feature padded, no -inf.
     absolute_starts, _, _, batching = evaluator.logits(qa.model, (60, 40, 30))
     assert batching == "padded" and not np.isneginf(absolute_starts).any()
