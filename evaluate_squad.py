@@ -74,6 +74,12 @@ def _score(questions: Iterable[tuple[str, list[str]]], predictions: Mapping[str,
     return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
 
 
+def per_question_f1(gold: dict, predictions: dict) -> list:
+    """Each question's F1 (0-100), in ``gold``'s order (a question without a prediction scores 0)."""
+    return [100.0 * metric_max_over_ground_truths(f1_score, predictions.get(q, ""), answers)
+            for q, answers in gold.items()]
+
+
 def evaluate_answers(gold: Mapping[str, list[str]], predictions: Mapping[str, str]) -> dict:
     """EM and F1 (in %) of ``predictions`` over the questions of ``gold`` ({id: [gold texts]}).
 

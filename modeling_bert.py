@@ -45,7 +45,7 @@ from transformers.models.bert.modeling_bert import (
 from transformers.utils import ModelOutput
 
 import length_drop
-from core.checks import DROP_CRITERIA, SCORERS_FILE
+from core.checks import SCORERS_FILE, token_selection
 
 # Additive mask value for padded keys (transformers 3.x / TinyBERT convention).
 MASK_VALUE = -10000.0
@@ -200,10 +200,7 @@ class TokenScorer(nn.Module):
 
 
 def drop_criterion_of(config) -> str:
-    criterion = getattr(config, "drop_criterion", "attention") or "attention"
-    if criterion not in DROP_CRITERIA:
-        raise ValueError(f"config.drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
-    return criterion
+    return token_selection(config)["drop_criterion"]
 
 
 def example_keep_counts(fractions, attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -49,7 +49,7 @@ from core import batching, files
 from core.forward import TorchLogits
 from core import postprocess
 import utils_squad
-from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
+from evaluate_squad import evaluate_answers, per_question_f1
 from inference import QuestionAnswerer, onnx_question_answerer
 from core.checks import read_model_config, token_selection
 
@@ -211,8 +211,7 @@ def score(system, examples, features, gold, batch_size) -> dict:
                                progress=True)
     starts, ends = out.starts, out.ends
     predictions, _ = postprocess.postprocess_predictions(examples, features, starts, ends, 20, 30)
-    per_question = [100.0 * metric_max_over_ground_truths(f1_score, predictions[q], answers)
-                    for q, answers in gold.items()]
+    per_question = per_question_f1(gold, predictions)
     return {**evaluate_answers(gold, predictions), "f1_per_question": per_question}
 
 

@@ -107,7 +107,7 @@ def token_selection(config) -> dict:
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
     criterion = get("drop_criterion") or "attention"
     if criterion not in DROP_CRITERIA:
-        raise ValueError(f"config drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
+        raise ValueError(f"config.drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
     return {"drop_criterion": criterion,
             "select_before_attention": criterion == "learned" and bool(get("select_before_attention"))}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import length_drop
-from core.checks import describe_selection
+from core.checks import DROP_CRITERIA, describe_selection, token_selection
 from core.errors import UsageError
 from core.menu_format import FORMAT, MENU_FILE, SPEEDUP_BASES, TOLERANCE, VERSION
 
@@ -51,8 +51,7 @@ class Menu:
     full: MenuEntry
     entries: tuple[MenuEntry, ...]  # the front, fastest last
     # core.checks.token_selection of the searched model (menus that do not say: the paper's criterion)
-    selection: dict = dataclasses.field(default_factory=lambda: {"drop_criterion": "attention",
-                                                                 "select_before_attention": False})
+    selection: dict = dataclasses.field(default_factory=lambda: token_selection({}))
 
     @property
     def candidates(self) -> list[MenuEntry]:
@@ -115,8 +114,8 @@ def load_menu(path, num_hidden_layers: int | None = None, given: bool = False) -
         raise UsageError(f"{path}: field configurations must be a non-empty list")
     entries = tuple(entry_of(value, f"configurations[{i}]") for i, value in enumerate(configurations))
     criterion = raw.get("drop_criterion", "attention")
-    if criterion not in ("attention", "learned"):
-        check.fail("drop_criterion", f"must be 'attention' or 'learned', got {criterion!r}")
+    if criterion not in DROP_CRITERIA:
+        check.fail("drop_criterion", f"must be one of {list(DROP_CRITERIA)}, got {criterion!r}")
     before = raw.get("select_before_attention", False)
     if not isinstance(before, bool):
         check.fail("select_before_attention", f"must be true or false, got {before!r}")

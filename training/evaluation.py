@@ -24,7 +24,7 @@ import length_drop
 from core import postprocess
 from core import batching
 from core.errors import UsageError
-from evaluate_squad import evaluate_answers, f1_score, metric_max_over_ground_truths
+from evaluate_squad import evaluate_answers, per_question_f1
 from training.loading import load_features
 from core.forward import TorchLogits
 from training.runtime import Runtime
@@ -116,8 +116,7 @@ class DevEvaluator:
         macs = self.macs(model.config, length_config, kind)
         if write_predictions:
             postprocess.write_predictions(predictions, nbest, settings.output_dir)
-        extra = {"f1_per_question": [100.0 * metric_max_over_ground_truths(f1_score, predictions.get(q, ""), answers)
-                                     for q, answers in self.gold.items()]} if per_question else {}
+        extra = {"f1_per_question": per_question_f1(self.gold, predictions)} if per_question else {}
         return {"exact_match": scores["exact_match"], "f1": scores["f1"], **extra,
                 "length_config": list(length_config) if length_config is not None else None,
                 "macs": macs, "full_macs": full_macs, "macs_ratio": full_macs / macs,
