@@ -196,7 +196,10 @@ class TokenScorer(nn.Module):
                     nn.Sequential(nn.Linear(hidden, hidden // 4), nn.GELU(), nn.Linear(hidden // 4, 1)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.net(hidden).squeeze(-1).float()
+        # float32 under bf16/fp16 autocast too: the top-k picks by these scores, and half precision
+        # would make near ties (and so the kept tokens) depend on rounding; the head is tiny
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.net(hidden.float()).squeeze(-1)
 
 
 def drop_criterion_of(config) -> str:

@@ -30,6 +30,7 @@ backend the model is exported into a cache folder first, ``serving.onnx.cache``)
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -47,7 +48,7 @@ from core.forward import TorchLogits
 from core.checks import (check_threads, check_tokenizer_folder, check_window_flags, checked_length_config,
                          read_model_config, token_selection, window_settings)
 from core.hashing import weights_sha256
-from serving.settings import ServingSettings, check_text
+from serving.settings import ServingSettings, check_precision, check_text
 from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
 from serving.onnx.int8 import Int8Settings
@@ -75,9 +76,10 @@ class QuestionAnswerer:
 
     def __init__(self, model, tokenizer, length_config=None, max_seq_length=384, doc_stride=128,
                  max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32, device="cpu",
-                 pad_to_max_length=False):
+                 pad_to_max_length=False, precision="fp32"):
         """``model``: a ``modeling_bert.BertForQuestionAnswering`` (run at ``length_config`` on
-        ``device``) or any ``LogitsProvider`` (which brings its own length configuration)."""
+        ``device`` in ``precision``, "fp32" or "bf16" autocast) or any ``LogitsProvider`` (which brings
+        its own length configuration and precision)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"--batch_size must be an integer of at least 1, got {batch_size!r}")
         metadata = getattr(model, "metadata", None)  # an OrtLogits' file records the model's shape
@@ -89,12 +91,13 @@ class QuestionAnswerer:
         self.n_best_size, self.max_answer_length, self.batch_size = n_best_size, max_answer_length, batch_size
         self.pad_to_max_length = pad_to_max_length
         if isinstance(model, torch.nn.Module):
+            check_precision(precision, "torch", False)
             self.length_config = checked_length_config(length_config, model.config.num_hidden_layers, max_seq_length)
-            self.provider = TorchLogits(model, self.length_config, device)
+            self.provider = TorchLogits(model, self.length_config, device, precision)
             self.model = self.provider.model
         else:
-            if length_config is not None:
-                raise UsageError("a logits provider brings its own length configuration; give none")
+            if length_config is not None or precision != "fp32":
+                raise UsageError("a logits provider brings its own length configuration and precision; give none")
             self.provider, self.model, self.length_config = model, None, model.length_config
             ort_backend.check_onnx_padding(self.length_config, pad_to_max_length)
         self.menu_choice = None  # the length_menu.Choice from_pretrained made, if any
@@ -138,11 +141,13 @@ class QuestionAnswerer:
                          batch_size=settings.batch_size, device=settings.device,
                          pad_to_max_length=settings.pad_to_max_length)
         if not runs_onnx:
+            if settings.precision_warning():
+                warnings.warn(settings.precision_warning(), RuntimeWarning, stacklevel=3)
             model = load_model_checked(str(folder), "--model")
             if choice is not None:
                 length_menu.check_choice_fits(choice, weights_sha256(model), windows["max_seq_length"],
                                               windows["doc_stride"], windows["max_query_length"], settings.batch_size)
-            qa = cls(model, tokenizer, length_config, **answering)
+            qa = cls(model, tokenizer, length_config, precision=settings.precision, **answering)
         else:
             weights = ort_backend.folder_weights_sha256(folder)  # what every ONNX file is checked against
             if choice is not None:  # before any export: a menu of other weights is refused on every backend

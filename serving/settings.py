@@ -9,12 +9,14 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from core import machine
 from core.checks import check_device, check_threads, check_window_flags, window_settings
 from core.errors import UsageError
 from serving.menu import check_budget_flags
 from serving.onnx.int8 import Int8Settings
 
 BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")  # the torch backend's; ONNX Runtime runs its file's own (float32 or int8)
 
 
 def check_text(text, where: str, what: str) -> None:
@@ -46,6 +48,16 @@ def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
         raise UsageError(f"{what} runs on the CPU (ONNX Runtime's CPU provider); drop --device {device}")
 
 
+def check_precision(precision: str, backend: str, int8: bool) -> None:
+    """bfloat16 is the torch backend's autocast; an ONNX file runs at its own precision."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (--bf16 for bf16), got {precision!r}")
+    if precision == "bf16" and (backend == "onnxruntime" or int8):
+        what = "--int8" if int8 else "--backend onnxruntime"
+        raise UsageError(f"--bf16 is the torch backend's bfloat16 autocast; {what} runs the ONNX file's own "
+                         "precision (float32, or int8): give one of them")
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """How a ``QuestionAnswerer`` runs, checked once when built (flags that cannot go together, bad
@@ -66,6 +78,7 @@ class ServingSettings:
     onnx_path: str | None = None
     int8: bool = False                 # ONNX Runtime dynamic int8 (of onnx_path, or of the folder's export)
     int8_settings: Int8Settings = Int8Settings()
+    precision: str = "fp32"            # the torch backend's: "fp32", or "bf16" (autocast; selection scores fp32)
     device: str = "cpu"
     threads: int | None = None         # torch's and ONNX Runtime's (None: torch's choice)
     cache_dir: str | None = None       # where exports and int8 copies are kept (None: the default cache)
@@ -76,6 +89,7 @@ class ServingSettings:
     def __post_init__(self):
         check_threads(self.threads)
         check_backend(self.backend, self.onnx_path, self.int8, self.device)
+        check_precision(self.precision, self.backend, self.int8)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"--batch_size must be an integer of at least 1, got {self.batch_size!r}")
         check_budget_flags(self.length_config, self.speedup, self.max_f1_drop, self.menu)
@@ -87,7 +101,8 @@ class ServingSettings:
                    max_query_length=args.max_query_length, n_best_size=args.n_best_size,
                    max_answer_length=args.max_answer_length, batch_size=args.batch_size,
                    pad_to_max_length=args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx,
-                   int8=args.int8, device=args.device, threads=args.threads, speedup=args.speedup,
+                   int8=args.int8, precision="bf16" if args.bf16 else "fp32", device=args.device,
+                   threads=args.threads, speedup=args.speedup,
                    max_f1_drop=args.max_f1_drop, menu=args.menu)
 
     def windows(self, folder, max_position_embeddings: int | None = None) -> dict:
@@ -96,6 +111,13 @@ class ServingSettings:
         window = window_settings(folder, self.max_seq_length, self.doc_stride, self.max_query_length)
         check_window_flags(*window.values(), self.n_best_size, self.max_answer_length, max_position_embeddings)
         return window
+
+    def precision_warning(self) -> str | None:
+        """One line where bfloat16 will run without the CPU's bfloat16 instructions (slower than
+        float32: docs/serving.md, 'bfloat16'); None otherwise."""
+        if self.precision != "bf16" or str(self.device).split(":")[0] != "cpu":
+            return None
+        return machine.bf16_problem()
 
     @property
     def exports_onnx(self) -> bool:
