@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="int8 on the CPU: ONNX Runtime dynamic quantisation of the exported model (with the "
                         "torch backend the model is exported into the ONNX cache folder first)")
+    p.add_argument("--int8_calibration", metavar="FILE",
+                   help="with --int8: static int8, activation scales calibrated on this SQuAD v1.1 file's questions "
+                        "(training questions, never those reported on); without it --int8 is dynamic")
+    p.add_argument("--int8_calibration_count", type=int, default=256, help="features calibrated on (static int8)")
+    p.add_argument("--int8_calibration_method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="how the activations' ranges are read from the calibration features (static int8)")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--list_cache", action="store_true", help="list the ONNX cache folder's files and exit")
     cache.add_argument("--clear_cache", action="store_true", help="delete the ONNX cache folder's files and exit")
@@ -99,9 +105,11 @@ def check_flags(args) -> ServingSettings:
         if getattr(args, flag) is not None:
             check_text(getattr(args, flag), f"--{flag}", flag)
     if args.output is not None and args.output != "-":
-        files.check_output_file(args.output, "--output", inputs=(args.input, args.onnx, args.menu))
+        files.check_output_file(args.output, "--output", inputs=(args.input, args.onnx, args.menu,
+                                                                 args.int8_calibration))
     if args.export_onnx is not None:
-        files.check_output_file(args.export_onnx, "--export_onnx", inputs=(args.onnx, args.menu))
+        files.check_output_file(args.export_onnx, "--export_onnx", inputs=(args.onnx, args.menu,
+                                                                           args.int8_calibration))
     if args.int8 and not args.export_onnx:
         cache = onnx_cache.default_cache_dir()
         problem = files.folder_problem(cache)
@@ -111,7 +119,7 @@ def check_flags(args) -> ServingSettings:
     return settings
 
 
-def run_export(args) -> None:
+def run_export(args, settings: ServingSettings) -> None:
     if args.question is not None or args.context is not None or args.input or args.output:
         raise UsageError("--export_onnx writes a file and answers nothing: drop --question/--context/--input/--output")
     if args.backend != "torch" or args.onnx:
@@ -127,7 +135,7 @@ def run_export(args) -> None:
     from serving.api import export_model
 
     metadata = export_model(args.model, args.export_onnx, length_config, args.max_seq_length, args.int8,
-                            menu_choice=choice)
+                            menu_choice=choice, settings=settings)
     if choice is not None:
         print(f"inference.py: {choice.describe()}", file=sys.stderr)
     config = "full length" if metadata.length_config is None else json.dumps(list(metadata.length_config))
@@ -182,7 +190,7 @@ def run(args) -> None:
         return
     settings = check_flags(args)
     if args.export_onnx:
-        run_export(args)
+        run_export(args, settings)
         return
     single = args.question is not None or args.context is not None
     if single and args.input:

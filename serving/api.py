@@ -51,6 +51,7 @@ from core.hashing import weights_sha256
 from serving.settings import ServingSettings, check_precision, check_text
 from core.errors import UsageError
 from core.models import load_model_checked, load_tokenizer
+from serving.onnx.calibration import calibration_features
 from serving.onnx.int8 import Int8Settings
 
 def set_threads(threads) -> None:
@@ -153,8 +154,10 @@ class QuestionAnswerer:
             if choice is not None:  # before any export: a menu of other weights is refused on every backend
                 length_menu.check_choice_fits(choice, weights, windows["max_seq_length"], windows["doc_stride"],
                                               windows["max_query_length"], settings.batch_size)
+            int8_settings, calibration = calibrated(settings, tokenizer, windows)
             provider = ort_backend.onnx_provider(folder, config, length_config, settings.onnx_path, settings.int8,
-                                                 settings.int8_settings, settings.threads, settings.cache_dir, weights)
+                                                 int8_settings, settings.threads, settings.cache_dir, weights,
+                                                 calibration)
             qa = cls(provider, tokenizer, None, **answering)
         qa.menu_choice = choice
         return qa
@@ -207,6 +210,18 @@ class QuestionAnswerer:
         return self.answer_batch([(question, context)])[0]
 
 
+def calibrated(settings: ServingSettings, tokenizer, windows: dict):
+    """(int8 settings, calibration features or None): static int8's features, windowed as served,
+    their sha256 recorded in the settings."""
+    int8_settings = settings.quantization()
+    if not settings.int8 or int8_settings.method != "static":
+        return int8_settings, None
+    calibration = calibration_features(settings.int8_calibration, tokenizer, int8_settings.calibration_count,
+                                       windows["max_seq_length"], windows["doc_stride"], windows["max_query_length"],
+                                       same_shape=int8_settings.calibration_method != "minmax")
+    return dataclasses.replace(int8_settings, calibration_sha256=calibration.sha256), calibration
+
+
 def onnx_question_answerer(folder, length_config=None, int8: bool = False, **flags) -> "QuestionAnswerer":
     """A ``QuestionAnswerer`` running the folder's model with ONNX Runtime, float32 or int8,
     exported (and quantised) into ``cache_dir`` (default: the ONNX cache folder) unless already
@@ -216,11 +231,14 @@ def onnx_question_answerer(folder, length_config=None, int8: bool = False, **fla
 
 
 def export_model(folder, path, length_config=None, max_seq_length=None, int8=False,
-                 int8_settings: Int8Settings = Int8Settings(), menu_choice=None):
+                 int8_settings: Int8Settings = Int8Settings(), menu_choice=None, settings: ServingSettings | None = None):
     """``--export_onnx``: write the folder's model at ``length_config`` to the ONNX file ``path``
-    (float32, or int8 with ``int8``). ``menu_choice``: the ``length_menu.Choice`` the
-    configuration came from (its menu must describe these weights). Returns the file's metadata."""
+    (float32, or int8 with ``int8``: dynamic, or static with ``settings.int8_calibration``).
+    ``menu_choice``: the ``length_menu.Choice`` the configuration came from (its menu must describe
+    these weights). Returns the file's metadata."""
     config = read_model_config(folder)
+    settings = settings or ServingSettings(int8=int8, int8_settings=int8_settings, max_seq_length=max_seq_length)
+    windows = settings.windows(folder)
     max_seq_length = window_settings(folder, max_seq_length)["max_seq_length"]
     check_window_flags(max_seq_length, 1, 1, 1, 1)
     length_config = checked_length_config(length_config, config["num_hidden_layers"], max_seq_length)
@@ -228,11 +246,12 @@ def export_model(folder, path, length_config=None, max_seq_length=None, int8=Fal
     model = load_model_checked(str(folder), "--model")
     if menu_choice is not None:
         length_menu.check_menu_weights(menu_choice.menu, weights_sha256(model))
+    int8_settings, calibration = calibrated(dataclasses.replace(settings, int8=int8), load_tokenizer(folder), windows)
 
     def write():
         if not int8:
             return onnx_export.export_onnx(model, path, length_config)
         with files.temporary_beside(path, ".fp32.onnx") as fp32:  # the float32 export, quantised into path
             onnx_export.export_onnx(model, fp32, length_config)
-            return onnx_export.quantize_int8(fp32, path, int8_settings)
+            return onnx_export.quantize_int8(fp32, path, int8_settings, calibration)
     return files.writing(Path(path).absolute().parent, f"--export_onnx {path}", write)

@@ -6,14 +6,16 @@ No torch and no transformers here, so the command line's errors and its ONNX Run
 """
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from core import machine
 from core.checks import check_device, check_threads, check_window_flags, window_settings
 from core.errors import UsageError
 from serving.menu import check_budget_flags
-from serving.onnx.int8 import Int8Settings
+from serving.onnx.int8 import CALIBRATION_METHODS, Int8Settings
 
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")  # the torch backend's; ONNX Runtime runs its file's own (float32 or int8)
@@ -58,6 +60,29 @@ def check_precision(precision: str, backend: str, int8: bool) -> None:
                          "precision (float32, or int8): give one of them")
 
 
+def check_calibration(settings) -> None:
+    """Static int8's flags: only with --int8, a calibration file that exists, a method and count
+    Int8Settings takes."""
+    default = ServingSettings.__dataclass_fields__
+    tuned = [f"--{name}" for name in ("int8_calibration_count", "int8_calibration_method")
+             if getattr(settings, name) != default[name].default]
+    if settings.int8_calibration is None:
+        if tuned:
+            raise UsageError(f"{' and '.join(tuned)} need --int8_calibration FILE (static int8)")
+        return
+    if not settings.int8:
+        raise UsageError("--int8_calibration calibrates static int8: it needs --int8")
+    if not Path(settings.int8_calibration).is_file():
+        raise UsageError(f"--int8_calibration {settings.int8_calibration}: no such file (a SQuAD v1.1 JSON of "
+                         "training questions)")
+    if settings.int8_calibration_method not in CALIBRATION_METHODS:
+        raise UsageError(f"--int8_calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, got "
+                         f"{settings.int8_calibration_method!r}")
+    count = settings.int8_calibration_count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UsageError(f"--int8_calibration_count must be an integer of at least 1, got {count!r}")
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """How a ``QuestionAnswerer`` runs, checked once when built (flags that cannot go together, bad
@@ -76,8 +101,11 @@ class ServingSettings:
     pad_to_max_length: bool = False
     backend: str = "torch"             # "torch": the folder's weights; "onnxruntime": the file onnx_path
     onnx_path: str | None = None
-    int8: bool = False                 # ONNX Runtime dynamic int8 (of onnx_path, or of the folder's export)
-    int8_settings: Int8Settings = Int8Settings()
+    int8: bool = False                 # ONNX Runtime int8 (of onnx_path, or of the folder's export): dynamic ...
+    int8_calibration: str | None = None  # ... or static, calibrated on this SQuAD file's (training) questions
+    int8_calibration_count: int = 256    # static: features calibrated on
+    int8_calibration_method: str = "minmax"  # static: serving.onnx.int8.CALIBRATION_METHODS
+    int8_settings: Int8Settings = Int8Settings()  # what stays float32, per-channel weights, ...
     precision: str = "fp32"            # the torch backend's: "fp32", or "bf16" (autocast; selection scores fp32)
     device: str = "cpu"
     threads: int | None = None         # torch's and ONNX Runtime's (None: torch's choice)
@@ -90,6 +118,7 @@ class ServingSettings:
         check_threads(self.threads)
         check_backend(self.backend, self.onnx_path, self.int8, self.device)
         check_precision(self.precision, self.backend, self.int8)
+        check_calibration(self)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"--batch_size must be an integer of at least 1, got {self.batch_size!r}")
         check_budget_flags(self.length_config, self.speedup, self.max_f1_drop, self.menu)
@@ -101,7 +130,10 @@ class ServingSettings:
                    max_query_length=args.max_query_length, n_best_size=args.n_best_size,
                    max_answer_length=args.max_answer_length, batch_size=args.batch_size,
                    pad_to_max_length=args.pad_to_max_length, backend=args.backend, onnx_path=args.onnx,
-                   int8=args.int8, precision="bf16" if args.bf16 else "fp32", device=args.device,
+                   int8=args.int8, int8_calibration=args.int8_calibration,
+                   int8_calibration_count=args.int8_calibration_count,
+                   int8_calibration_method=args.int8_calibration_method,
+                   precision="bf16" if args.bf16 else "fp32", device=args.device,
                    threads=args.threads, speedup=args.speedup,
                    max_f1_drop=args.max_f1_drop, menu=args.menu)
 
@@ -111,6 +143,15 @@ class ServingSettings:
         window = window_settings(folder, self.max_seq_length, self.doc_stride, self.max_query_length)
         check_window_flags(*window.values(), self.n_best_size, self.max_answer_length, max_position_embeddings)
         return window
+
+    def quantization(self) -> Int8Settings:
+        """The int8 settings: static with ``int8_calibration`` (its ``calibration_sha256`` is set
+        once the features are built, ``serving.onnx.calibration``), else dynamic."""
+        if self.int8_calibration is None:
+            return self.int8_settings
+        base = Int8Settings.static() if self.int8_settings == Int8Settings() else self.int8_settings
+        return dataclasses.replace(base, method="static", calibration_method=self.int8_calibration_method,
+                                   calibration_count=self.int8_calibration_count)
 
     def precision_warning(self) -> str | None:
         """One line where bfloat16 will run without the CPU's bfloat16 instructions (slower than

@@ -138,16 +138,17 @@ def check_onnx_padding(length_config, pad_to_max_length: bool) -> None:
 
 def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
                   int8_settings: Int8Settings = Int8Settings(), threads=None, cache_dir=None,
-                  weights: str | None = None):
+                  weights: str | None = None, calibration=None):
     """An ``OrtLogits`` over ``onnx_path`` (checked against the folder's config and, when given,
     ``length_config``), or over the folder's cached export when ``onnx_path`` is None; with
     ``int8`` a float32 file is quantised into the cache first. Either file must hold the folder's
-    weights (``weights``: their ``folder_weights_sha256``, computed when not given)."""
+    weights (``weights``: their ``folder_weights_sha256``, computed when not given). Static int8
+    settings come with their ``calibration`` features (``serving.onnx.calibration``)."""
     cache = cache_dir or onnx_cache.default_cache_dir()
     weights = weights or folder_weights_sha256(folder)
     if onnx_path is None:
         path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.exported_file(
-            folder, length_config, int8, int8_settings, cache))
+            folder, length_config, int8, int8_settings, cache, calibration))
         provider = OrtLogits(path, threads, flag="the ONNX cache file")
         check_matches_model(provider.metadata, config, path, "the ONNX cache file", weights)
         return provider
@@ -160,5 +161,9 @@ def onnx_provider(folder, config: dict, length_config, onnx_path, int8: bool,
         except ValueError as err:
             raise UsageError(f"--onnx {onnx_path}: {err}") from None
     if int8 and metadata.precision == "fp32":
-        onnx_path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(onnx_path, int8_settings, cache))
+        onnx_path = files.writing(cache, "the ONNX cache", lambda: onnx_cache.int8_file(
+            onnx_path, int8_settings, cache, calibration))
+    elif int8 and int8_settings.method == "static" and metadata.int8_settings != int8_settings.key():
+        raise UsageError(f"--onnx {onnx_path} is already int8 (settings {metadata.int8_settings}); static int8 "
+                         "(--int8_calibration) quantises a float32 export: give that one")
     return provider or OrtLogits(onnx_path, threads)

@@ -77,10 +77,10 @@ def _key(parts) -> str:
 # --------------------------------------------------------------------------------------------
 
 def exported_file(folder, length_config=None, int8: bool = False, int8_settings: Int8Settings = Int8Settings(),
-                  cache_dir=None) -> Path:
+                  cache_dir=None, calibration=None) -> Path:
     """The ONNX file of the model in ``folder`` at ``length_config`` (validated as the caller
-    wants; None: full length), float32 or int8, exported into ``cache_dir`` unless a checked one
-    is there."""
+    wants; None: full length), float32 or int8 (static: calibrated on ``calibration``, whose sha256
+    the settings' key holds), exported into ``cache_dir`` unless a checked one is there."""
     from serving.onnx import export as onnx_export
     from core.models import load_model_checked
 
@@ -96,11 +96,11 @@ def exported_file(folder, length_config=None, int8: bool = False, int8_settings:
         return fp32
     # keyed by what the float32 file is made from, not its bytes: one int8 file per model and configuration
     return _cached(cache, _key([fp32_key, int8_settings.key(), _versions()]) + "-int8",
-                   lambda path: onnx_int8.quantize_int8(fp32, path, int8_settings),
+                   lambda path: onnx_int8.quantize_int8(fp32, path, int8_settings, calibration),
                    {**made_from, "precision": "int8", "int8_settings": int8_settings.key()})
 
 
-def int8_file(fp32_file, int8_settings: Int8Settings = Int8Settings(), cache_dir=None) -> Path:
+def int8_file(fp32_file, int8_settings: Int8Settings = Int8Settings(), cache_dir=None, calibration=None) -> Path:
     """The int8 form of the float32 ONNX file ``fp32_file`` (keyed by its bytes), quantised into
     ``cache_dir`` unless a checked one is there."""
     cache = _cache(cache_dir)
@@ -108,7 +108,7 @@ def int8_file(fp32_file, int8_settings: Int8Settings = Int8Settings(), cache_dir
     props, _ = onnx_metadata.file_parts(fp32_file)
     length_config = onnx_metadata.OnnxMetadata.from_props(props).length_config
     key = _key([source_sha256, int8_settings.key(), _versions()]) + "-int8"
-    return _cached(cache, key, lambda path: onnx_int8.quantize_int8(fp32_file, path, int8_settings),
+    return _cached(cache, key, lambda path: onnx_int8.quantize_int8(fp32_file, path, int8_settings, calibration),
                    {"onnx": str(Path(fp32_file).absolute()), "onnx_sha256": source_sha256,
                     "length_config": None if length_config is None else list(length_config),
                     "precision": "int8", "int8_settings": int8_settings.key()})

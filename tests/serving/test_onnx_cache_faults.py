@@ -82,7 +82,7 @@ def test_a_cache_entry_of_another_configuration_precision_or_int8_kind_is_rebuil
         builds.append(("export", tuple(length_config)))
         relabelled(fp32_held, destination, length_config=tuple(length_config))
 
-    def quantize_int8(source, destination, settings=Int8Settings()):
+    def quantize_int8(source, destination, settings=Int8Settings(), calibration=None):
         builds.append(("int8", settings.key()))
         relabelled(held, destination, length_config=onnx_export.read_metadata(onnx.load(str(source))).length_config,
                    int8_settings=settings.key())
@@ -139,7 +139,7 @@ def test_an_int8_entry_of_another_float32_file_is_rebuilt(ws, tmp_path, monkeypa
     relabelled(shared_export(ws["model_dir"], CONFIG), source, length_config=OTHER)
     builds = []
 
-    def quantize_int8(fp32, destination, settings=Int8Settings()):
+    def quantize_int8(fp32, destination, settings=Int8Settings(), calibration=None):
         builds.append(fp32)
         relabelled(held, destination, length_config=OTHER)
     monkeypatch.setattr(onnx_int8, "quantize_int8", quantize_int8)
