@@ -6,31 +6,44 @@ timed side by side (interleaved repeats, medians) at each thread count and batch
   transformers (SDPA, the checkpoint loaded by ``transformers.BertForQuestionAnswering``):
     padded to the model's window (its max_seq_length: 384 in the paper's baseline) in file
     order; each batch padded to its longest, file order; batches sorted by length, padded to
-    their longest;
-    ONNX Runtime fp32 and ONNX Runtime dynamic int8 (``quantize_dynamic`` with its defaults) of
-    transformers' model exported with ``torch.onnx.export``, sorted; torch ``quantize_dynamic``
-    int8 (``nn.Linear``), sorted;
+    their longest, in float32 and in bfloat16 autocast (where the CPU has bfloat16 instructions;
+    elsewhere the row says why not);
+    ONNX Runtime fp32, dynamic int8 (``quantize_dynamic`` with its defaults) and static int8
+    (QDQ, per-channel weights, calibrated on ``--calibration_file``'s features as ours are, the
+    same layers kept in float32) of transformers' model exported with ``torch.onnx.export``,
+    sorted; torch ``quantize_dynamic`` int8 (``nn.Linear``), sorted;
   ours (``inference.QuestionAnswerer``, sorted, longest-padded): each ``--config`` (full length,
-    absolute and relative configurations) with the torch backend (fp32), ONNX Runtime fp32 and
-    ONNX Runtime int8 (``--int8``).
+    absolute and relative configurations) with each of ``--backends``: torch (fp32), bf16 (torch
+    bfloat16 autocast), onnxruntime (fp32), int8 (ONNX Runtime dynamic), int8-static (ONNX Runtime
+    static, ``--int8_calibration``).
 
 F1 and EM (the official metric) come from one pass over all the questions per system, at the
 largest batch size (a relative configuration resolves against each example's own length, so the
 batch size changes no answer); each row names its drop criterion. Times come from
 the first ``--time_features`` features (sorted systems sort within them). Speedups are given
 against transformers sorted + longest (what a user would pick) and against padding to the
-window. Each system's F1 is compared question by question with the same weights at full length in float32
-(transformers sorted + longest): the mean difference with a 95% interval, so a 1% loss is
-resolvable on enough questions.
+window, and against transformers in bfloat16 sorted + longest where the CPU has it. Each system's F1 is
+compared question by question with the same weights at full length in float32 (transformers
+sorted + longest): the mean difference with a 95% interval, so a 1% loss is resolvable on enough
+questions; a bfloat16 or int8 system is also compared with its float32 twin (same model,
+configuration and backend family), which is what its precision costs. The padded and file-order
+baselines differ from sorted + longest only by batching, and the float32 ONNX Runtime systems from
+their torch twins only by the runtime (their logits on real tokens agree to float32 rounding:
+tests/serving/test_onnx.py), so they take that F1 rather than answer every question again.
+
+The results JSON records the machine (``core.machine.machine_info``: CPU model, cores, ISA flags,
+libraries, the kernels oneDNN picked), and the table starts with its CPU line.
 
     python -m bench.bench_serving --model DIR --dev_file ../shared/squad/dev-v1.1.json \\
         --max_questions 500 --config full --config 'abs:[...]' --config 'rel:[...]' \\
-        --threads 1,2 --batch_sizes 1,32 --output bench/results/serving.json
+        --threads 1,2 --batch_sizes 1,32 --calibration_file ../shared/squad/train-v1.1-subset.json \
+        --output bench/results/serving.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -45,12 +58,14 @@ from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from core import batching, files
+from core import batching, files, machine
 from core.forward import TorchLogits
 from core import postprocess
 import utils_squad
 from evaluate_squad import evaluate_answers, per_question_f1
 from inference import QuestionAnswerer, onnx_question_answerer
+from serving.onnx.calibration import calibration_features
+from serving.onnx.int8 import CalibrationReader
 from core.checks import read_model_config, token_selection
 
 @dataclass
@@ -68,6 +83,9 @@ class System:
     run: batching.Forward     # (input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits) numpy
     length_config: object = None
     drop_criterion: str | None = None  # ours: the model's token selection ("attention", "learned"); None: drops nothing
+    precision: str = "fp32"   # "fp32", "bf16", "int8" (dynamic) or "int8-static"
+    twin: str | None = None   # bf16 and int8: the float32 system of the same model, configuration and family
+    scored_as: str | None = None  # a system whose logits these are (only the batching differs): its F1
 
     def plan(self, features, rows: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:
         """``batching.batch_plan`` of the features ``rows``, in this system's order and padding."""
@@ -133,24 +151,73 @@ def quantize_onnx(source: Path, target: Path) -> None:
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
-def baseline_systems(model_dir: Path, threads: int, workdir: Path) -> list[System]:
+# transformers' export (TorchScript exporter) names nodes by module path: the layers our static
+# int8 keeps in float32 (serving.onnx.int8.STATIC_KEEP_FP32), the same for the baseline
+TRANSFORMERS_STATIC_KEEP = re.compile(r"/model/(bert/encoder/layer\.\d+/output/dense|qa_outputs)/MatMul")
+
+
+def quantize_onnx_static(source: Path, target: Path, calibration) -> None:
+    """ONNX Runtime static int8 of transformers' export, as ours is made (QDQ, per-channel int8
+    weights, uint8 activations, MatMuls with a constant weight, the same layers in float32)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    proto = onnx.load(str(source))
+    keep = [n.name for n in proto.graph.node if TRANSFORMERS_STATIC_KEEP.fullmatch(n.name)]
+    if len(keep) < 2:  # the exporter's names changed: say so rather than quantise those layers silently
+        raise SystemExit(f"{source}: no feed-forward output or QA head MatMul nodes named as expected")
+    reader = CalibrationReader(calibration.batches, [i.name for i in proto.graph.input])
+    quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False})
+
+
+BASELINES = ("padded", "longest", "sorted", "bf16", "ort-fp32", "ort-int8", "ort-int8-static", "torch-int8")
+
+
+def baseline_systems(model_dir: Path, threads: int, workdir: Path, chosen=BASELINES,
+                     calibration=None) -> list[System]:
+    """transformers' systems of ``chosen`` (``BASELINES`` names); "sorted" is always run (the
+    F1 reference). bf16 needs the CPU's bfloat16 instructions, static int8 a ``calibration``."""
     hf = transformers.BertForQuestionAnswering.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
-    fp32, int8 = workdir / "transformers.onnx", workdir / "transformers.int8.onnx"
+    fp32, int8, static = (workdir / f"transformers{kind}.onnx" for kind in ("", ".int8", ".int8-static"))
     if not fp32.is_file():
         with torch.no_grad():
             export_transformers_onnx(hf, fp32)
         quantize_onnx(fp32, int8)
-    torch_int8 = torch.ao.quantization.quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8)
+    if "ort-int8-static" in chosen and calibration is not None and not static.is_file():
+        quantize_onnx_static(fp32, static, calibration)
     run_hf = TorchLogits(hf)
-    return [
-        System(PADDED, "transformers", "file", "max", run_hf),
-        System("transformers, longest, file order", "transformers", "file", "longest", run_hf),
-        System("transformers, sorted + longest", "transformers", "sorted", "longest", run_hf),
-        System("ONNX Runtime fp32, sorted", "transformers", "sorted", "longest", ort_runner(fp32, threads)),
-        System("ONNX Runtime int8, sorted", "transformers", "sorted", "longest", ort_runner(int8, threads)),
-        System("torch quantize_dynamic int8, sorted", "transformers", "sorted", "longest",
-               TorchLogits(torch_int8)),
-    ]
+    systems = {
+        "padded": lambda: System(PADDED, "transformers", "file", "max", run_hf, scored_as=F1_REFERENCE),
+        "longest": lambda: System("transformers, longest, file order", "transformers", "file", "longest", run_hf,
+                                  scored_as=F1_REFERENCE),
+        "sorted": lambda: System(F1_REFERENCE, "transformers", "sorted", "longest", run_hf),
+        "bf16": lambda: System(BF16_REFERENCE, "transformers", "sorted", "longest", TorchLogits(hf, precision="bf16"),
+                               precision="bf16", twin=F1_REFERENCE),
+        "ort-fp32": lambda: System(ORT_FP32, "transformers", "sorted", "longest", ort_runner(fp32, threads),
+                                   scored_as=F1_REFERENCE),
+        "ort-int8": lambda: System("ONNX Runtime int8, sorted", "transformers", "sorted", "longest",
+                                   ort_runner(int8, threads), precision="int8", twin=ORT_FP32),
+        "ort-int8-static": lambda: System("ONNX Runtime static int8, sorted", "transformers", "sorted", "longest",
+                                          ort_runner(static, threads), precision="int8-static", twin=ORT_FP32),
+        "torch-int8": lambda: System("torch quantize_dynamic int8, sorted", "transformers", "sorted", "longest",
+                                     TorchLogits(torch.ao.quantization.quantize_dynamic(
+                                         hf, {torch.nn.Linear}, dtype=torch.qint8)),
+                                     precision="int8", twin=F1_REFERENCE),
+    }
+    return [systems[name]() for name in BASELINES if name in chosen or name == "sorted"
+            if available(name, calibration) is None]
+
+
+def available(name: str, calibration) -> str | None:
+    """None where the system can run here; else why not (a row says so instead of a number)."""
+    if name in ("bf16", "ours-bf16"):
+        return machine.bf16_problem()
+    if name in ("ort-int8-static", "ours-int8-static") and calibration is None:
+        return "no --calibration_file given"
+    return None
 
 
 def parse_config(text: str):
@@ -163,7 +230,7 @@ def parse_config(text: str):
     return name, json.loads(value)
 
 
-def our_systems(model_dirs, configs, backends, threads: int, workdir: Path) -> list[System]:
+def our_systems(model_dirs, configs, backends, threads: int, workdir: Path, calibration_file=None) -> list[System]:
     """Ours, per model folder, configuration and backend, through the inference module's own API:
     the logits provider a ``QuestionAnswerer`` runs (the torch model, or the ONNX Runtime session).
     Each folder's config.json gives its drop criterion; with several folders (one backbone, the
@@ -174,19 +241,32 @@ def our_systems(model_dirs, configs, backends, threads: int, workdir: Path) -> l
         tag = f" {criterion}" if len(model_dirs) > 1 else ""
         for name, config in configs:
             for backend in backends:
-                qa = our_answerer(model_dir, config, backend, threads, workdir)
+                if available(f"ours-{backend}", calibration_file) is not None:
+                    continue
+                qa = our_answerer(model_dir, config, backend, threads, workdir, calibration_file)
+                twin = OUR_TWINS.get(backend)
                 systems.append(System(f"ours{tag} {backend}, {name}", "ours", "sorted", "longest", qa.provider,
-                                      config, criterion if config is not None else None))
+                                      config, criterion if config is not None else None,
+                                      precision=OUR_PRECISIONS[backend],
+                                      twin=None if twin is None else f"ours{tag} {twin}, {name}",
+                                      scored_as=f"ours{tag} torch, {name}" if backend == "onnxruntime"
+                                      and "torch" in backends else None))
     return systems
 
 
-def our_answerer(model_dir, config, backend, threads, workdir):
-    if backend == "torch":
-        return QuestionAnswerer.from_pretrained(model_dir, length_config=config, threads=threads)
-    if backend in ("onnxruntime", "int8"):
-        return onnx_question_answerer(model_dir, config, int8=backend == "int8", threads=threads,
-                                      cache_dir=workdir / "ours")
-    raise SystemExit(f"--backends: unknown backend {backend!r} (torch, onnxruntime, int8)")
+OUR_PRECISIONS = {"torch": "fp32", "bf16": "bf16", "onnxruntime": "fp32", "int8": "int8", "int8-static": "int8-static"}
+OUR_TWINS = {"bf16": "torch", "int8": "onnxruntime", "int8-static": "onnxruntime"}
+
+
+def our_answerer(model_dir, config, backend, threads, workdir, calibration_file=None):
+    if backend in ("torch", "bf16"):
+        return QuestionAnswerer.from_pretrained(model_dir, length_config=config, threads=threads,
+                                                precision="bf16" if backend == "bf16" else "fp32")
+    if backend in ("onnxruntime", "int8", "int8-static"):
+        static = {"int8_calibration": str(calibration_file)} if backend == "int8-static" else {}
+        return onnx_question_answerer(model_dir, config, int8=backend != "onnxruntime", threads=threads,
+                                      cache_dir=workdir / "ours", **static)
+    raise SystemExit(f"--backends: unknown backend {backend!r} ({', '.join(OUR_PRECISIONS)})")
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -219,6 +299,8 @@ def score(system, examples, features, gold, batch_size) -> dict:
 # Every feature padded to the window the model was trained with (training_args.json; 384 by default).
 PADDED = "transformers, padded to max_seq_length"
 F1_REFERENCE = "transformers, sorted + longest"
+BF16_REFERENCE = "transformers bf16, sorted + longest"
+ORT_FP32 = "ONNX Runtime fp32, sorted"
 
 
 def paired_f1_difference(per_question: list[float], reference: list[float]) -> dict:
@@ -243,8 +325,14 @@ def parse_args(argv=None):
     p.add_argument("--max_questions", type=int, default=500)
     p.add_argument("--config", action="append", default=None,
                    help="'full' or NAME:JSON (repeatable); default: full only")
-    p.add_argument("--backends", default="torch,onnxruntime,int8",
-                   help="ours: comma list of torch (fp32), onnxruntime (fp32), int8 (ONNX Runtime)")
+    p.add_argument("--backends", default="torch,bf16,onnxruntime,int8,int8-static",
+                   help="ours: comma list of torch (fp32), bf16 (torch autocast), onnxruntime (fp32), int8 (ONNX "
+                        "Runtime dynamic), int8-static (ONNX Runtime static, needs --calibration_file)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"transformers' systems, comma list of {', '.join(BASELINES)} (sorted always runs)")
+    p.add_argument("--calibration_file", type=Path, default=None,
+                   help="SQuAD file of training questions the static int8 systems (ours and the baseline) are "
+                        "calibrated on; without it their rows say so")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batch_sizes", default="1,32")
     p.add_argument("--time_features", type=int, default=128, help="features timed at batch > 1")
@@ -268,8 +356,18 @@ def main(argv=None):
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_serving_"))
     workdir.mkdir(parents=True, exist_ok=True)
 
+    baselines = args.baselines.split(",")
+    unknown = sorted(set(baselines) - set(BASELINES)) + sorted(set(backends) - set(OUR_PRECISIONS))
+    if unknown:
+        raise SystemExit(f"--baselines/--backends: unknown {unknown}")
+    info = machine.machine_info(kernels=True)
+    print(f"machine: {machine.cpu_line(info)}; oneDNN kernels: {info.get('onednn_kernels')}")
     torch.set_num_threads(max(threads_list))
     probe = QuestionAnswerer.from_pretrained(args.model)
+    calibration = None
+    if args.calibration_file is not None:  # the baseline's static int8 (ours build the same in their cache)
+        calibration = calibration_features(args.calibration_file, probe.tokenizer, 256, probe.max_seq_length,
+                                           probe.doc_stride, probe.max_query_length)
     examples = utils_squad.read_squad_examples(args.dev_file, is_training=False)[:args.max_questions]
     features = probe.features(examples)
     gold = {ex.qas_id: [a["text"] for a in ex.answers] for ex in examples}
@@ -285,49 +383,48 @@ def main(argv=None):
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
-        systems = baseline_systems(args.model, threads, workdir) + our_systems(
-            args.ours or [args.model], configs, backends, threads, workdir)
+        systems = baseline_systems(args.model, threads, workdir, baselines, calibration) + our_systems(
+            args.ours or [args.model], configs, backends, threads, workdir, args.calibration_file)
         for batch_size in batch_sizes:
             timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
             batches_of = {s.name: make_batches(s, features, timed, batch_size) for s in systems}
             seconds = time_systems(systems, batches_of, args.repeats, f"{threads} threads, batch {batch_size}")
-            sorted_base = seconds["transformers, sorted + longest"]
-            padded_base = seconds[PADDED]
+            bases = {"speedup_vs_sorted": seconds[F1_REFERENCE], "speedup_vs_padded": seconds.get(PADDED),
+                     "speedup_vs_bf16": seconds.get(BF16_REFERENCE)}
             for system in systems:
+                row = dict(system=system.name, family=system.family, threads=threads, batch_size=batch_size,
+                           length_config=system.length_config, drop_criterion=system.drop_criterion,
+                           precision=system.precision, twin=system.twin, seconds=seconds[system.name],
+                           timed_features=len(timed),
+                           **{k: base / seconds[system.name] for k, base in bases.items() if base is not None})
                 if earlier is not None:
-                    rows.append(dict(system=system.name, family=system.family, threads=threads,
-                                     batch_size=batch_size, length_config=system.length_config,
-                                     drop_criterion=system.drop_criterion,
-                                     seconds=seconds[system.name], timed_features=len(timed),
-                                     speedup_vs_sorted=sorted_base / seconds[system.name],
-                                     speedup_vs_padded=padded_base / seconds[system.name],
-                                     **earlier[(system.name, batch_size)]))
+                    rows.append({**row, **earlier[(system.name, batch_size)]})
                     continue
                 # Logits do not depend on the batching (a relative configuration resolves against each
                 # example's own length): every system is scored once, at the largest batch size.
-                needs_score = threads == threads_list[-1] and batch_size == max(batch_sizes)
-                metrics = score(system, examples, features, gold, batch_size) if needs_score else {}
-                rows.append(dict(system=system.name, family=system.family, threads=threads,
-                                 batch_size=batch_size, length_config=system.length_config,
-                                 drop_criterion=system.drop_criterion,
-                                 seconds=seconds[system.name], timed_features=len(timed),
-                                 speedup_vs_sorted=sorted_base / seconds[system.name],
-                                 speedup_vs_padded=padded_base / seconds[system.name], **metrics))
-    # Threads do not change logits: copy each system's score to the rows not scored.
+                needs_score = (threads == threads_list[-1] and batch_size == max(batch_sizes)
+                               and system.scored_as is None)
+                rows.append({**row, **(score(system, examples, features, gold, batch_size) if needs_score else {})})
+    # Threads and batching do not change logits: copy each system's score to the rows not scored.
     scored = {(r["system"], r["batch_size"]): r for r in rows if "f1" in r}
+    scored_as = {s.name: s.scored_as or s.name for s in systems}
     for r in rows:
         if "f1" not in r:
-            source = scored[(r["system"], max(batch_sizes))]
+            source = scored[(scored_as[r["system"]], max(batch_sizes))]
             r.update({k: source[k] for k in ("f1", "exact_match", "f1_per_question") if k in source})
-    reference = scored.get((F1_REFERENCE, max(batch_sizes)), {}).get("f1_per_question")
+    per_question = {name: r["f1_per_question"] for (name, _), r in scored.items() if "f1_per_question" in r}
     for r in rows:
-        per_question = r.pop("f1_per_question", None)
-        if reference is not None and per_question is not None:
-            r.update(paired_f1_difference(per_question, reference))
+        mine = r.pop("f1_per_question", None)
+        if mine is not None and F1_REFERENCE in per_question:
+            r.update(paired_f1_difference(mine, per_question[F1_REFERENCE]))
+        if mine is not None and per_question.get(r["twin"]) is not None:  # what the precision costs
+            r.update({f"twin_{k}": v for k, v in paired_f1_difference(mine, per_question[r["twin"]]).items()})
+    rows += unavailable_rows(baselines, backends, args.ours or [args.model], configs, calibration)
+    print(f"machine: {machine.cpu_line(info)}")
     print_table(rows)
     if args.output:
         files.atomic_write_json(args.output, dict(
-            command=" ".join(sys.argv), torch=torch.__version__, transformers=transformers.__version__,
+            command=" ".join(sys.argv), machine=info, torch=torch.__version__, transformers=transformers.__version__,
             questions=len(examples), features=n, mean_real_tokens=float(lengths.mean()), rows=rows))
         print(f"wrote {args.output}")
     if args.plot:
@@ -335,16 +432,38 @@ def main(argv=None):
         print(f"wrote {args.plot}")
 
 
+def unavailable_rows(baselines, backends, model_dirs, configs, calibration) -> list[dict]:
+    """A row per system this machine or these flags cannot run, saying why (instead of a number)."""
+    rows = []
+    for name in baselines:
+        if available(name, calibration) is not None:
+            rows.append(dict(system=f"transformers {name}", family="transformers", unavailable=available(name, calibration)))
+    for backend in backends:
+        why = available(f"ours-{backend}", calibration)
+        if why is not None:
+            rows += [dict(system=f"ours {backend}, {name}", family="ours", unavailable=why)
+                     for name, _ in configs for _ in model_dirs]
+    return rows
+
+
+def _interval(r, prefix=""):
+    return f"{r[prefix + 'f1_diff']:+.2f} +-{r[prefix + 'f1_diff_ci95']:.2f}" if prefix + "f1_diff" in r else ""
+
+
 def print_table(rows):
-    header = (f"{'system':<46} {'drops by':>9} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs pad':>7} "
-              f"{'F1':>6} {'EM':>6} {'dF1 (95%)':>14}")
+    header = (f"{'system':<46} {'drops by':>9} {'thr':>3} {'batch':>5} {'ms/feat':>8} {'vs sorted':>9} {'vs bf16':>7} "
+              f"{'vs pad':>7} {'F1':>6} {'EM':>6} {'dF1 (95%)':>14} {'vs fp32 twin':>14}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        diff = f"{r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if "f1_diff" in r else ""
+        if "unavailable" in r:
+            print(f"{r['system']:<46} not run: {r['unavailable']}")
+            continue
+        bf16 = f"{r['speedup_vs_bf16']:>7.2f}" if "speedup_vs_bf16" in r else f"{'-':>7}"
+        padded = f"{r['speedup_vs_padded']:>7.2f}" if "speedup_vs_padded" in r else f"{'-':>7}"
         print(f"{r['system']:<46} {r.get('drop_criterion') or '-':>9} {r['threads']:>3} {r['batch_size']:>5} "
-              f"{1e3 * r['seconds'] / r['timed_features']:>8.2f} {r['speedup_vs_sorted']:>9.2f} "
-              f"{r['speedup_vs_padded']:>7.2f} {r['f1']:>6.2f} {r['exact_match']:>6.2f} {diff:>14}")
+              f"{1e3 * r['seconds'] / r['timed_features']:>8.2f} {r['speedup_vs_sorted']:>9.2f} {bf16} "
+              f"{padded} {r['f1']:>6.2f} {r['exact_match']:>6.2f} {_interval(r):>14} {_interval(r, 'twin_'):>14}")
 
 
 def plot_f1_against_speedup(rows, path, threads: int, batch_size: int) -> None:
@@ -354,7 +473,7 @@ def plot_f1_against_speedup(rows, path, threads: int, batch_size: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in rows if r["threads"] == threads and r["batch_size"] == batch_size]
+    chosen = [r for r in rows if r.get("threads") == threads and r.get("batch_size") == batch_size]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in chosen:  # baselines share one F1 (float32, full length): named in the legend, not beside
         if r["family"] != "ours":

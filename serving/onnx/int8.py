@@ -106,7 +106,7 @@ def nodes_of_modules(model_proto, patterns) -> list[str]:
             if any(fnmatch.fnmatchcase(name, pattern) for name in _module_path(node) for pattern in patterns)]
 
 
-class _CalibrationReader:
+class CalibrationReader:
     """ONNX Runtime's ``CalibrationDataReader`` over the calibration batches."""
 
     def __init__(self, batches, input_names):
@@ -126,13 +126,14 @@ def _quantize(proto, path, settings: Int8Settings, excluded: list[str], calibrat
         return
     # uint8 activations with a zero point (the hidden states after GELU and LayerNorm are not
     # centred), symmetric int8 weights: ONNX Runtime's u8s8 kernels (VNNI, AMX-INT8)
-    reader = _CalibrationReader(calibration.batches, [i.name for i in proto.graph.input])
+    reader = CalibrationReader(calibration.batches, [i.name for i in proto.graph.input])
     quantize_static(proto, str(path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                     per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                     calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[settings.calibration_method]),
-                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False,
-                                   "CalibMaxIntermediateOutputs": 16})  # histograms merged every 16 batches
+                    # not CalibMaxIntermediateOutputs: ONNX Runtime 1.32's min-max calibrator clears the
+                    # collected batches at that count without reading them (all of them, at a multiple)
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False})
 
 
 def quantize_int8(source, destination, settings: Int8Settings = Int8Settings(), calibration=None) -> OnnxMetadata:
