@@ -29,7 +29,8 @@ questions; a bfloat16 or int8 system is also compared with its float32 twin (sam
 configuration and backend family), which is what its precision costs. The padded and file-order
 baselines differ from sorted + longest only by batching, and the float32 ONNX Runtime systems from
 their torch twins only by the runtime (their logits on real tokens agree to float32 rounding:
-tests/serving/test_onnx.py), so they take that F1 rather than answer every question again.
+tests/serving/test_onnx.py), as are ours in float32 at full length on the baselines' own backbone
+and transformers' model (tests/paper), so they take that F1 rather than answer every question again.
 
 The results JSON records the machine (``core.machine.machine_info``: CPU model, cores, ISA flags,
 libraries, the kernels oneDNN picked), and the table starts with its CPU line.
@@ -59,6 +60,7 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from core import batching, files, machine
+from core.hashing import file_sha256
 from core.forward import TorchLogits
 from core import postprocess
 import utils_squad
@@ -230,7 +232,15 @@ def parse_config(text: str):
     return name, json.loads(value)
 
 
-def our_systems(model_dirs, configs, backends, threads: int, workdir: Path, calibration_file=None) -> list[System]:
+def same_backbone(model_dir: Path, reference: Path) -> bool:
+    """Whether two folders hold the same model.safetensors (a learned model's scorers are a file of
+    their own, so its backbone can be its parent's to the byte)."""
+    files_ = [Path(d) / "model.safetensors" for d in (model_dir, reference)]
+    return all(f.is_file() for f in files_) and len({file_sha256(f) for f in files_}) == 1
+
+
+def our_systems(model_dirs, configs, backends, threads: int, workdir: Path, calibration_file=None,
+                reference: Path | None = None) -> list[System]:
     """Ours, per model folder, configuration and backend, through the inference module's own API:
     the logits provider a ``QuestionAnswerer`` runs (the torch model, or the ONNX Runtime session).
     Each folder's config.json gives its drop criterion; with several folders (one backbone, the
@@ -249,9 +259,21 @@ def our_systems(model_dirs, configs, backends, threads: int, workdir: Path, cali
                                       config, criterion if config is not None else None,
                                       precision=OUR_PRECISIONS[backend],
                                       twin=None if twin is None else f"ours{tag} {twin}, {name}",
-                                      scored_as=f"ours{tag} torch, {name}" if backend == "onnxruntime"
-                                      and "torch" in backends else None))
+                                      scored_as=scored_as(model_dir, config, backend, backends, reference,
+                                                          f"ours{tag} torch, {name}")))
     return systems
+
+
+def scored_as(model_dir, config, backend, backends, reference, torch_twin) -> str | None:
+    """The system whose logits these are, if another one computes them: ours in float32 at full
+    length on the baselines' backbone is transformers' model (tests/paper), and ours on ONNX
+    Runtime float32 is its torch twin."""
+    if backend in ("torch", "onnxruntime") and config is None and reference is not None \
+            and same_backbone(model_dir, reference):
+        return F1_REFERENCE
+    if backend == "onnxruntime" and "torch" in backends:
+        return torch_twin
+    return None
 
 
 OUR_PRECISIONS = {"torch": "fp32", "bf16": "bf16", "onnxruntime": "fp32", "int8": "int8", "int8-static": "int8-static"}
@@ -384,7 +406,7 @@ def main(argv=None):
     for threads in threads_list:
         torch.set_num_threads(threads)
         systems = baseline_systems(args.model, threads, workdir, baselines, calibration) + our_systems(
-            args.ours or [args.model], configs, backends, threads, workdir, args.calibration_file)
+            args.ours or [args.model], configs, backends, threads, workdir, args.calibration_file, args.model)
         for batch_size in batch_sizes:
             timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
             batches_of = {s.name: make_batches(s, features, timed, batch_size) for s in systems}

@@ -49,3 +49,36 @@ def test_later_stages_continue_the_steps_of_the_stage_before():
     assert boundaries == [450, 600]
     assert second[0]["step"] == 75  # the stages' own entries are left as they were
     assert plot_training_curves.chained([first]) == ([first[1], first[2]], [])
+
+
+def test_rows_say_why_a_system_cannot_run_here(monkeypatch):
+    """Without bfloat16 instructions the bf16 rows (transformers' and ours) say so instead of a
+    number; without a calibration file so do the static int8 rows; the rest run."""
+    from core import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "fma"})
+    rows = bench_serving.unavailable_rows(["sorted", "bf16", "ort-int8-static"], ["torch", "bf16", "int8-static"],
+                                          ["m"], [("full length", None), ("A", [1.0, 0.5])], calibration=None)
+    why = {r["system"]: r["unavailable"] for r in rows}
+    assert set(why) == {"transformers bf16", "transformers ort-int8-static", "ours bf16, full length", "ours bf16, A",
+                        "ours int8-static, full length", "ours int8-static, A"}
+    assert "no bfloat16 instructions" in why["ours bf16, A"]
+    assert why["transformers ort-int8-static"] == "no --calibration_file given"
+    monkeypatch.setattr(machine, "cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
+    assert bench_serving.unavailable_rows(["bf16"], ["bf16"], ["m"], [("full length", None)], calibration=object()) == []
+
+
+def test_f1_is_shared_only_where_the_logits_are_the_same(tmp_path):
+    """Ours in float32 at full length takes transformers' F1 only on the same backbone bytes; at a
+    length configuration or in another precision it answers the questions itself."""
+    parent, learned, other = (tmp_path / name for name in ("parent", "learned", "other"))
+    for folder, weights in ((parent, b"w1"), (learned, b"w1"), (other, b"w2")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+    (learned / "token_scorers.safetensors").write_bytes(b"s")
+    shared = bench_serving.scored_as(learned, None, "torch", ["torch"], parent, "ours torch, full length")
+    assert shared == bench_serving.F1_REFERENCE
+    assert bench_serving.scored_as(other, None, "torch", ["torch"], parent, "t") is None
+    assert bench_serving.scored_as(learned, [1.0, 0.5], "torch", ["torch"], parent, "t") is None
+    assert bench_serving.scored_as(learned, [1.0, 0.5], "onnxruntime", ["torch", "onnxruntime"], parent, "t") == "t"
+    assert bench_serving.scored_as(learned, None, "bf16", ["bf16"], parent, "t") is None
