@@ -31,6 +31,7 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 import utils_squad
+from core import machine
 from length_drop import analytic_macs, constant_drop_config
 from modeling_bert import BertForQuestionAnswering
 
@@ -250,7 +251,7 @@ def main(argv=None):
           f"device {args.device}")
     print_table(rows)
     if args.output:
-        result = dict(command=" ".join(sys.argv), torch=torch.__version__, transformers=transformers.__version__,
+        result = dict(command=" ".join(sys.argv), machine=machine.machine_info(), torch=torch.__version__, transformers=transformers.__version__,
                       threads=torch.get_num_threads(), device=args.device, rows=rows)
         utils_squad.atomic_write_json(args.output, result)
         print(f"wrote {args.output}")

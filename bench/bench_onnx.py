@@ -26,6 +26,7 @@ import evaluate_squad
 import inference
 import length_drop
 import utils_squad
+from core import machine
 from serving.onnx.int8 import Int8Settings
 from tools.tiny_models import minilm_dir
 
@@ -111,7 +112,7 @@ def main(argv=None):
             results.append(row)
             print(json.dumps(row), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps({"machine": machine.machine_info(), "rows": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

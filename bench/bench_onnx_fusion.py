@@ -26,6 +26,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from core import batching
+from core import machine
 from core import files
 import utils_squad
 from bench.bench_serving import export_transformers_onnx, ort_session, quantize_onnx
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
               f"max |start logit - transformers fp32| {diff:.1e}")
     if a.output:
         files.atomic_write_json(a.output, {"command": "python -m bench.bench_onnx_fusion " + " ".join(sys.argv[1:]),
-                                           "features": len(features), "rows": rows})
+                                           "features": len(features), "machine": machine.machine_info(), "rows": rows})
     return 0
 
 

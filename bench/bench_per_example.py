@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import utils_squad
+from core import machine
 from core import batching, files, postprocess
 from core.forward import TorchLogits
 from evaluate_squad import evaluate_answers
@@ -99,7 +100,7 @@ def main(argv=None):
     if args.output:
         files.atomic_write_json(args.output, {"config": list(fractions), "questions": len(examples),
                                               "timed_features": len(timed[0]), "batch_size": args.batch_size,
-                                              "threads": args.threads, "rules": results,
+                                              "threads": args.threads, "machine": machine.machine_info(), "rules": results,
                                               "time_ratio_per_example_over_batch_rule": 1 / ratio})
 
 

@@ -28,6 +28,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 import utils_squad
+from core import machine
 from bench.bench_inference import over_batches, pad_batch, squad_features, time_interleaved
 from length_drop import analytic_macs
 from modeling_bert import BertForQuestionAnswering
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     if args.output:
         utils_squad.atomic_write_json(args.output, {
             "features": len(features), "mean_tokens": mean_tokens, "threads": args.threads,
-            "device": args.device, "dtype": args.dtype, "rows": rows})
+            "device": args.device, "dtype": args.dtype, "machine": machine.machine_info(), "rows": rows})
     return 0
 
 

@@ -30,6 +30,7 @@ import transformers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 import utils_squad
+from core import machine
 from bench.bench_inference import over_batches, time_interleaved
 from length_drop import analytic_macs
 from modeling_bert import BertForQuestionAnswering
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
         print(f"{r['model']:<58} {f1:>6} {r['macs_ratio']:>7.2f} {r['seconds']:>7.2f} "
               f"{r['speedup_vs_padded']:>10.2f} {r['speedup_vs_longest']:>11.2f}")
     if args.output:
-        utils_squad.atomic_write_json(args.output, {"features": n, "mean_tokens": mean_tokens, "rows": results})
+        utils_squad.atomic_write_json(args.output, {"features": n, "mean_tokens": mean_tokens,
+                                                    "machine": machine.machine_info(), "rows": results})
     return 0
 
 

@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from training import evaluation
 from core import batching, files
+from core import machine
 from core.forward import TorchLogits
 from serving import menu as length_menu
 import run_squad
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
               "batch_size": a.batch_size, "max_seq_length": a.max_seq_length, "threads": torch.get_num_threads(),
               "budget": a.budget, "backend": a.backend, "repeats": a.repeats,
               "relative_time": "median forward seconds / the full-length model's, interleaved, sorted batches",
-              "rows": rows}
+              "machine": machine.machine_info(), "rows": rows}
     files.atomic_write_json(out / "bench_spaces.json", result)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")

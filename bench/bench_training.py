@@ -31,6 +31,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from core import files
+from core import machine
 import run_squad
 from core.models import load_tokenizer
 from training.loading import load_features, load_student_and_teacher
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
     for step, c in checks.items():
         print(f"{step}: padded ({c['padded_width']}) and cut ({c['trimmed_width']}) batch: loss differs by "
               f"{c['loss_relative_difference']:.1e} (relative), any term by at most {c['max_abs_difference']:.1e}")
-    files.atomic_write_json(Path(a.output), result)
+    files.atomic_write_json(Path(a.output), {**result, "machine": machine.machine_info()})
     print(f"wrote {a.output}")
     return 0
 

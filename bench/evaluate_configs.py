@@ -21,6 +21,7 @@ from pathlib import Path
 import length_drop
 import search
 import utils_squad
+from core import machine
 from core.errors import UsageError
 from training.evaluation import DevEvaluator
 from training.flags import build_parser
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
             print(f"{label_of(path):28s} {model.drop_criterion:9s} {source:24s} {str(r['length_config']):36s} MACs x{r['macs_ratio']:.2f} "
                   f"F1 {r['f1']:.2f} EM {r['exact_match']:.2f} ({r['questions']} q.)"
                   + (f" dF1 {r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if a.paired else ""), flush=True)
-    utils_squad.atomic_write_json(Path(a.output), results)
+    utils_squad.atomic_write_json(Path(a.output), {"machine": machine.machine_info(), "rows": results})
     return 0
 
 
