@@ -325,6 +325,11 @@ BF16_REFERENCE = "transformers bf16, sorted + longest"
 ORT_FP32 = "ONNX Runtime fp32, sorted"
 
 
+# What a row's F1 pass gives (kept by --scores_from): F1, EM and the paired differences
+SCORE_KEYS = {"f1", "exact_match", *(f"{prefix}{k}" for prefix in ("", "twin_")
+                                     for k in ("f1_diff", "f1_diff_ci95", "relative_f1_loss", "questions_changed"))}
+
+
 def paired_f1_difference(per_question: list[float], reference: list[float]) -> dict:
     """Mean F1 difference against the reference over the same questions, with a 95% interval
     (normal approximation of the paired differences' mean: 1.96 standard errors)."""
@@ -400,8 +405,8 @@ def main(argv=None):
 
     earlier = None
     if args.scores_from:
-        earlier = {(r["system"], r["batch_size"]): {"f1": r["f1"], "exact_match": r["exact_match"]}
-                   for r in json.loads(Path(args.scores_from).read_text())["rows"]}
+        earlier = {(r["system"], r["batch_size"]): {k: v for k, v in r.items() if k in SCORE_KEYS}
+                   for r in json.loads(Path(args.scores_from).read_text())["rows"] if "unavailable" not in r}
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
