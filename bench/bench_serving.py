@@ -440,6 +440,9 @@ def main(argv=None):
             source = scored[(scored_as[r["system"]], max(batch_sizes))]
             r.update({k: source[k] for k in ("f1", "exact_match", "f1_per_question") if k in source})
     per_question = {name: r["f1_per_question"] for (name, _), r in scored.items() if "f1_per_question" in r}
+    # a twin that took another system's F1 (same logits) is compared through that system's answers
+    per_question.update({name: per_question[source] for name, source in scored_as.items()
+                         if name not in per_question and source in per_question})
     for r in rows:
         mine = r.pop("f1_per_question", None)
         if mine is not None and F1_REFERENCE in per_question:
