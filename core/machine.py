@@ -62,7 +62,7 @@ def bf16_problem(flags: set[str] | None = None) -> str | None:
     if "bf16" in flags:  # ARMv8.6 BF16 (Graviton 3, Neoverse V1/N2)
         return None
     return ("this CPU has no bfloat16 instructions (neither avx512_bf16 nor amx_bf16 in its flags): bfloat16 "
-            "is emulated, about 1.6x (AVX-512) to 3.7x (AVX2) slower than float32 (docs/serving.md, 'bfloat16')")
+            "is emulated, about 1.9x (AVX-512) to 4x (AVX2) slower than float32 (docs/serving.md)")
 
 
 def library_versions() -> dict[str, str | None]:
