@@ -255,6 +255,8 @@ def our_systems(model_dirs, configs, backends, threads: int, workdir: Path, cali
                     continue
                 qa = our_answerer(model_dir, config, backend, threads, workdir, calibration_file)
                 twin = OUR_TWINS.get(backend)
+                if twin == "onnxruntime" and twin not in backends and "torch" in backends:
+                    twin = "torch"  # the same float32 logits (tests/serving/test_onnx.py)
                 systems.append(System(f"ours{tag} {backend}, {name}", "ours", "sorted", "longest", qa.provider,
                                       config, criterion if config is not None else None,
                                       precision=OUR_PRECISIONS[backend],
