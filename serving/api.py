@@ -142,8 +142,9 @@ class QuestionAnswerer:
                          batch_size=settings.batch_size, device=settings.device,
                          pad_to_max_length=settings.pad_to_max_length)
         if not runs_onnx:
-            if settings.precision_warning():
-                warnings.warn(settings.precision_warning(), RuntimeWarning, stacklevel=3)
+            warning = settings.precision_warning()
+            if warning is not None:
+                warnings.warn(warning, RuntimeWarning, stacklevel=3)
             model = load_model_checked(str(folder), "--model")
             if choice is not None:
                 length_menu.check_choice_fits(choice, weights_sha256(model), windows["max_seq_length"],

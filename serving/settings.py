@@ -15,7 +15,7 @@ from core import machine
 from core.checks import check_device, check_threads, check_window_flags, window_settings
 from core.errors import UsageError
 from serving.menu import check_budget_flags
-from serving.onnx.int8 import CALIBRATION_METHODS, Int8Settings
+from serving.onnx.int8 import Int8Settings, calibration_problem
 
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")  # the torch backend's; ONNX Runtime runs its file's own (float32 or int8)
@@ -75,12 +75,9 @@ def check_calibration(settings) -> None:
     if not Path(settings.int8_calibration).is_file():
         raise UsageError(f"--int8_calibration {settings.int8_calibration}: no such file (a SQuAD v1.1 JSON of "
                          "training questions)")
-    if settings.int8_calibration_method not in CALIBRATION_METHODS:
-        raise UsageError(f"--int8_calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, got "
-                         f"{settings.int8_calibration_method!r}")
-    count = settings.int8_calibration_count
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise UsageError(f"--int8_calibration_count must be an integer of at least 1, got {count!r}")
+    problem = calibration_problem(settings.int8_calibration_method, settings.int8_calibration_count)
+    if problem is not None:
+        raise UsageError(problem)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ INT8_METHODS = ("dynamic", "static")
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
+def calibration_problem(method, count) -> str | None:
+    """What is wrong with a calibration method and feature count, naming the flag; None if nothing."""
+    if method not in CALIBRATION_METHODS:
+        return f"--int8_calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return f"--int8_calibration_count must be an integer of at least 1, got {count!r}"
+    return None
+
+
 # Static int8's float32 modules. Measured on the step-1 MiniLM (mean |int8 - fp32| logit over the
 # logits' spread, 128 dev features; dynamic: 0.070): every linear layer static 0.214 (min-max),
 # 0.206 (percentile), 0.230 (entropy); keeping Q/K/V, the attention output or the feed-forward
@@ -68,12 +77,9 @@ class Int8Settings:
     def __post_init__(self):
         if self.method not in INT8_METHODS:
             raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {self.method!r}")
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise ValueError(f"--int8_calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                             f"got {self.calibration_method!r}")
-        count = self.calibration_count
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"--int8_calibration_count must be an integer of at least 1, got {count!r}")
+        problem = calibration_problem(self.calibration_method, self.calibration_count)
+        if problem is not None:
+            raise ValueError(problem)
 
     @classmethod
     def static(cls, **calibration) -> "Int8Settings":

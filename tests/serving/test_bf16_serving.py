@@ -7,15 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import inference
 import utils_squad
 from core import machine
 from core.errors import UsageError
-from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, run_inference_cli, save_tiny_bert, tiny_bert_config, \
-    tiny_squad_texts
-from modeling_bert import BertForQuestionAnswering
+from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, run_inference_cli, save_learned_tiny_bert, tiny_squad_texts
 from serving.settings import ServingSettings
 
 WINDOW = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
@@ -27,30 +24,12 @@ needs_bf16 = pytest.mark.skipif(machine.bf16_problem() is not None,
                                 reason=f"bfloat16 comparisons need bfloat16 hardware: {machine.bf16_problem()}")
 
 
-def folder_of(root, tok, criterion: str):
-    """A tiny 3-layer model; for ``learned``, its scorers drawn wide at random so that their
-    ranking, not near ties, decides what is kept."""
-    config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=128)
-    plain = save_tiny_bert(root / "plain", config, seed=3, tokenizer=tok)
-    if criterion == "attention":
-        return plain
-    config.update({"drop_criterion": "learned"})
-    model = BertForQuestionAnswering.from_pretrained(str(plain), config=config)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in model.bert.encoder.token_scorers.parameters():
-            p.normal_(0, 0.5)
-    folder = root / "learned"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("bf16")
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
-    return {criterion: folder_of(root / criterion, tok, criterion) for criterion in ("attention", "learned")}
+    learned = save_learned_tiny_bert(root, tok)  # scorers drawn wide: their ranking decides what is kept
+    return {"attention": root / "plain", "learned": learned}
 
 
 @pytest.fixture(scope="module")

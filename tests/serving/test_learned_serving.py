@@ -16,8 +16,7 @@ from core.checks import SCORERS_FILE, token_selection
 from core.errors import UsageError
 from core.hashing import weights_sha256
 from core.models import load_model
-from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
-from modeling_bert import BertForQuestionAnswering
+from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_learned_tiny_bert, tiny_squad_texts
 from serving import menu as length_menu
 from serving import quick_answer
 from serving.onnx import backend as ort_backend
@@ -28,28 +27,11 @@ RELATIVE = (1.0, 0.6, 0.3)
 WINDOW = {"max_seq_length": 128, "doc_stride": 32, "max_query_length": 64}
 
 
-def learned_folder(root, tok, before: bool = False):
-    """A tiny 3-layer model with the learned criterion, its scorers drawn wide at random (so that
-    their ranking, not ties, decides what is kept), saved as run_squad.py saves one."""
-    config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=128)
-    plain = save_tiny_bert(root / "plain", config, seed=3, tokenizer=tok)
-    config.update({"drop_criterion": "learned", "select_before_attention": before})
-    model = BertForQuestionAnswering.from_pretrained(str(plain), config=config)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in model.bert.encoder.token_scorers.parameters():
-            p.normal_(0, 0.5)
-    folder = root / ("before" if before else "learned")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("learned-onnx")
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
-    folders = {before: learned_folder(root, tok, before) for before in (False, True)}
+    folders = {before: save_learned_tiny_bert(root, tok, before) for before in (False, True)}
     models = {before: load_model(str(folder)).eval() for before, folder in folders.items()}
     assert all(m.drop_criterion == "learned" for m in models.values())
     onnx = {}
