@@ -53,7 +53,13 @@ def parse_length_config(value: str | Sequence[int | float], num_hidden_layers: i
             reason = error if isinstance(error, json.JSONDecodeError) else "nested too deeply"
             raise ValueError(f"length config: expected {expected}; got unparsable "
                              f"{_shortened(repr(value))} ({reason})") from None
-    return check_length_config(value, num_hidden_layers, max_seq_length, non_increasing=True)
+    config = check_length_config(value, num_hidden_layers, max_seq_length, non_increasing=True)
+    if not is_relative(config) and all(entry == 1 for entry in config):
+        # Integers are token counts: [1, 1, ...] keeps [CLS] alone, never what was meant.
+        full = [1.0] * num_hidden_layers
+        raise ValueError(f"length config: {list(config)} is token counts (integers), one token per layer; "
+                         f"for full length write keep fractions, {full}")
+    return config
 
 
 def _expected(num_hidden_layers: int, max_seq_length: int | None, non_increasing: bool) -> str:

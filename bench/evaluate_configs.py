@@ -55,7 +55,8 @@ def configs_to_score(a, layers: int) -> list[tuple[tuple[int, ...] | None, str]]
             config = length_drop.constant_drop_config(a.max_seq_length, layers, 1.0 - rate)  # the sweep's rule
             configs.append((None if rate == 1.0 else config, f"rate {rate:g}"))
     for config in json.loads(a.configs) if a.configs else []:
-        configs.append((tuple(config), "given"))
+        if len(config) == layers:  # several models may differ in depth: each scores its own
+            configs.append((length_drop.parse_length_config(config, layers, a.max_seq_length), "given"))
     if a.front:
         for config in front_configs(Path(a.front), not a.all_rows):
             configs.append((config, f"front {Path(a.front).name}"))

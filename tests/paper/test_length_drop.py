@@ -239,6 +239,14 @@ def test_relative_configurations_resolve_by_ceiling_in_exact_arithmetic():
     assert parse_length_config("[1, 0.8, 0.5]", 3, 384) == (1.0, 0.8, 0.5)
 
 
+def test_all_ones_in_integers_is_refused_with_the_fractions_to_write():
+    # [1, 1, 1] reads as token counts (one token per layer), never as full length.
+    with pytest.raises(ValueError, match=r"one token per layer; for full length write keep fractions, \[1.0, 1.0, 1.0\]"):
+        parse_length_config("[1, 1, 1]", 3, 384)
+    assert parse_length_config("[1.0, 1.0, 1.0]", 3, 384) == (1.0, 1.0, 1.0)
+    assert parse_length_config("[2, 1, 1]", 3, 384) == (2, 1, 1)
+
+
 def test_relative_sandwich_draws_fractions_within_the_bound():
     rng = random.Random(0)
     for _ in range(50):
