@@ -295,13 +295,22 @@ def our_answerer(model_dir, config, backend, threads, workdir, calibration_file=
 
 # ---- measuring -------------------------------------------------------------------------------
 
+# Idle threads of the runtime that ran last (torch's OpenMP, ONNX Runtime's pool) spin for a while
+# before they sleep; on 2 cores they took a fifth of the next system's time (measured on a 2-core
+# Xeon: ours at full length 27% slower than transformers after ONNX Runtime rows, level without them).
+SETTLE_SECONDS = 0.5
+
+
 def time_systems(systems, batches_of, repeats: int, desc: str) -> dict:
+    """Median seconds per system over ``repeats`` interleaved rounds, each system's run started
+    after ``SETTLE_SECONDS`` of quiet, so it is timed as it would run alone."""
     for system in systems:  # warm-up
         for batch in batches_of[system.name]:
             system.run(*batch.inputs)
     times = {s.name: [] for s in systems}
     for _ in tqdm(range(repeats), desc=desc, leave=False):
         for system in systems:
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             for batch in batches_of[system.name]:
                 system.run(*batch.inputs)

@@ -41,11 +41,16 @@ def curves(history: list[dict]) -> tuple[list[int], dict[str, list[float]], dict
     """(steps, {name: F1 per step}, {name: MACs ratio}) from eval_results.json's history."""
     entries = [e for e in history if e.get("step") is not None]
     steps = [e["step"] for e in entries]
-    lines = {FULL: [e["f1"] for e in entries]}
-    ratios = {FULL: 1.0}
+    # The run's own evaluation is at full length, or at the --length_config it trained at.
+    own_config = entries[0].get("length_config") if entries else None
+    own = FULL if own_config is None else label(own_config)
+    lines = {own: [e["f1"] for e in entries]}
+    ratios = {own: entries[0].get("macs_ratio", 1.0) if own_config is not None else 1.0}
     for entry in entries:
         for tracked in entry.get("tracked", ()):
             name = label(tracked["length_config"])
+            if name == own:  # the run's own evaluation already draws it
+                continue
             lines.setdefault(name, []).append(tracked["f1"])
             ratios[name] = tracked["macs_ratio"]
     return steps, {k: v for k, v in lines.items() if len(v) == len(steps)}, ratios

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from bench import bench_serving, plot_training_curves
 
@@ -29,6 +30,18 @@ def test_training_curves_from_eval_history():
     assert steps == [75, 150]
     assert lines == {"full length (padded eval)": [64.3, 65.2], "[1, 0.9]": [58.9, 59.8]}
     assert ratios["[1, 0.9]"] == 1.25
+
+
+def test_a_run_trained_at_one_configuration_draws_its_own_evaluation_under_that_name():
+    history = [{"step": 10, "f1": 44.7, "length_config": [1.0, 0.5], "macs_ratio": 2.0,
+                "tracked": [{"length_config": [1.0, 1.0], "f1": 65.2, "macs_ratio": 1.0},
+                            {"length_config": [1.0, 0.5], "f1": 44.7, "macs_ratio": 2.0}]},
+               {"step": 20, "f1": 46.9, "length_config": [1.0, 0.5], "macs_ratio": 2.0,
+                "tracked": [{"length_config": [1.0, 1.0], "f1": 59.9, "macs_ratio": 1.0},
+                            {"length_config": [1.0, 0.5], "f1": 46.9, "macs_ratio": 2.0}]}]
+    steps, lines, ratios = plot_training_curves.curves(history)
+    assert lines == {"[1, 0.5]": [44.7, 46.9], "[1, 1]": [65.2, 59.9]}
+    assert ratios["[1, 0.5]"] == 2.0 and plot_training_curves.FULL not in lines
 
 
 def test_parent_levels_match_curves_by_configuration():
@@ -82,3 +95,39 @@ def test_f1_is_shared_only_where_the_logits_are_the_same(tmp_path):
     assert bench_serving.scored_as(learned, [1.0, 0.5], "torch", ["torch"], parent, "t") is None
     assert bench_serving.scored_as(learned, [1.0, 0.5], "onnxruntime", ["torch", "onnxruntime"], parent, "t") == "t"
     assert bench_serving.scored_as(learned, None, "bf16", ["bf16"], parent, "t") is None
+
+
+def test_scorer_recall_by_hand():
+    from bench import bench_scorer_recall
+
+    class FixedScores(torch.nn.Module):  # the score is the token's first feature
+        def forward(self, tokens, question):
+            return tokens[:, 0]
+
+    def feature(scores, answer):
+        tokens = torch.tensor(scores, dtype=torch.float32).unsqueeze(1)
+        return tokens, torch.zeros(1), torch.tensor(answer, dtype=torch.float32)
+
+    data = [feature([0.9, 0.8, 0.1, 0.2], [0, 1, 1, 0]),  # keep 2: tokens 0, 1 -> 1 of 2 answer tokens, end lost
+            feature([0.1, 0.9, 0.8, 0.0], [0, 1, 1, 0]),  # keep 2: tokens 1, 2 -> the whole answer
+            feature([0.5, 0.4, 0.3, 0.2], [0, 0, 0, 0])]  # no answer in this window: not counted
+    got = bench_scorer_recall.recall(FixedScores(), data, 0.5)
+    assert got == {"answer_tokens_kept": 3 / 4, "answers_with_both_ends": 1 / 2, "answers": 2}
+    assert bench_scorer_recall.recall(FixedScores(), data, 1.0)["answers_with_both_ends"] == 1.0
+
+
+def test_each_timed_run_starts_after_the_settling_pause(monkeypatch):
+    """time_systems: every timed run of every round follows a pause (the previous runtime's
+    spinning threads idle by then), and warm-up runs are not timed."""
+    events = []
+    monkeypatch.setattr(bench_serving.time, "sleep", lambda seconds: events.append(("pause", seconds)))
+
+    def system(name):
+        return bench_serving.System(name, "ours", "sorted", "longest", lambda *inputs: events.append(("run", name)))
+
+    systems = [system("a"), system("b")]
+    batches = {"a": [bench_serving.Batch(None, ())], "b": [bench_serving.Batch(None, ())]}
+    medians = bench_serving.time_systems(systems, batches, repeats=2, desc="t")
+    pause = ("pause", bench_serving.SETTLE_SECONDS)
+    assert events == [("run", "a"), ("run", "b")] + [pause, ("run", "a"), pause, ("run", "b")] * 2
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
