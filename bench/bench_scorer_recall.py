@@ -144,10 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True)
     a = p.parse_args(argv)
-    fractions = [float(f) for f in a.fractions.split(",")]
+    try:
+        fractions = [float(f) for f in a.fractions.split(",")]
+    except ValueError:
+        fractions = []
     kinds = a.scorers.split(",")
     unknown = [k for k in kinds if k not in SCORERS]
-    if unknown or not all(0 < f <= 1 for f in fractions):
+    if unknown or not fractions or not all(0 < f <= 1 for f in fractions):
         print(f"bench_scorer_recall.py: error: --scorers from {sorted(SCORERS)}, --fractions in (0, 1]; "
               f"got {a.scorers!r}, {a.fractions!r}", file=sys.stderr)
         return 2
