@@ -45,7 +45,7 @@ def curves(history: list[dict]) -> tuple[list[int], dict[str, list[float]], dict
     own_config = entries[0].get("length_config") if entries else None
     own = FULL if own_config is None else label(own_config)
     lines = {own: [e["f1"] for e in entries]}
-    ratios = {own: entries[0].get("macs_ratio", 1.0) if own_config is not None else 1.0}
+    ratios = {own: entries[0].get("macs_ratio", 1.0) if entries else 1.0}
     for entry in entries:
         for tracked in entry.get("tracked", ()):
             name = label(tracked["length_config"])
