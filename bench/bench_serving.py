@@ -6,15 +6,16 @@ timed side by side (interleaved repeats, medians) at each thread count and batch
   transformers (SDPA, the checkpoint loaded by ``transformers.BertForQuestionAnswering``):
     padded to the model's window (its max_seq_length: 384 in the paper's baseline) in file
     order; each batch padded to its longest, file order; batches sorted by length, padded to
-    their longest, in float32 and in bfloat16 autocast (where the CPU has bfloat16 instructions;
-    elsewhere the row says why not);
+    their longest, in float32, in bfloat16 (the weights cast, as ``dtype=torch.bfloat16`` loads
+    them) and in bfloat16 autocast (both where the CPU has bfloat16 instructions; elsewhere the row
+    says why not);
     ONNX Runtime fp32, dynamic int8 (``quantize_dynamic`` with its defaults) and static int8
     (QDQ, per-channel weights, calibrated on ``--calibration_file``'s features as ours are, the
     same layers kept in float32) of transformers' model exported with ``torch.onnx.export``,
     sorted; torch ``quantize_dynamic`` int8 (``nn.Linear``), sorted;
   ours (``inference.QuestionAnswerer``, sorted, longest-padded): each ``--config`` (full length,
-    absolute and relative configurations) with each of ``--backends``: torch (fp32), bf16 (torch
-    bfloat16 autocast), onnxruntime (fp32), int8 (ONNX Runtime dynamic), int8-static (ONNX Runtime
+    absolute and relative configurations) with each of ``--backends``: torch (fp32), bf16 (torch,
+    bfloat16 weights, token scorers float32), onnxruntime (fp32), int8 (ONNX Runtime dynamic), int8-static (ONNX Runtime
     static, ``--int8_calibration``).
 
 F1 and EM (the official metric) come from one pass over all the questions per system, at the
@@ -22,7 +23,7 @@ largest batch size (a relative configuration resolves against each example's own
 batch size changes no answer); each row names its drop criterion. Times come from
 the first ``--time_features`` features (sorted systems sort within them). Speedups are given
 against transformers sorted + longest (what a user would pick) and against padding to the
-window, and against transformers in bfloat16 sorted + longest where the CPU has it. Each system's F1 is
+window, and against transformers in bfloat16 (weights) sorted + longest where the CPU has it. Each system's F1 is
 compared question by question with the same weights at full length in float32 (transformers
 sorted + longest): the mean difference with a 95% interval, so a 1% loss is resolvable on enough
 questions; a bfloat16 or int8 system is also compared with its float32 twin (same model,
@@ -85,7 +86,7 @@ class System:
     run: batching.Forward     # (input_ids, attention_mask, token_type_ids) -> (start_logits, end_logits) numpy
     length_config: object = None
     drop_criterion: str | None = None  # ours: the model's token selection ("attention", "learned"); None: drops nothing
-    precision: str = "fp32"   # "fp32", "bf16", "int8" (dynamic) or "int8-static"
+    precision: str = "fp32"   # "fp32", "bf16" (weights), "bf16-autocast", "int8" (dynamic) or "int8-static"
     twin: str | None = None   # bf16 and int8: the float32 system of the same model, configuration and family
     scored_as: str | None = None  # a system whose logits these are (only the batching differs): its F1
 
@@ -175,7 +176,8 @@ def quantize_onnx_static(source: Path, target: Path, calibration) -> None:
                     extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False})
 
 
-BASELINES = ("padded", "longest", "sorted", "bf16", "ort-fp32", "ort-int8", "ort-int8-static", "torch-int8")
+BASELINES = ("padded", "longest", "sorted", "bf16", "bf16-autocast", "ort-fp32", "ort-int8", "ort-int8-static",
+             "torch-int8")
 
 
 def baseline_systems(model_dir: Path, threads: int, workdir: Path, chosen=BASELINES,
@@ -198,6 +200,9 @@ def baseline_systems(model_dir: Path, threads: int, workdir: Path, chosen=BASELI
         "sorted": lambda: System(F1_REFERENCE, "transformers", "sorted", "longest", run_hf),
         "bf16": lambda: System(BF16_REFERENCE, "transformers", "sorted", "longest", TorchLogits(hf, precision="bf16"),
                                precision="bf16", twin=F1_REFERENCE),
+        "bf16-autocast": lambda: System("transformers bf16 autocast, sorted + longest", "transformers", "sorted",
+                                        "longest", TorchLogits(hf, precision="bf16-autocast"),
+                                        precision="bf16-autocast", twin=F1_REFERENCE),
         "ort-fp32": lambda: System(ORT_FP32, "transformers", "sorted", "longest", ort_runner(fp32, threads),
                                    scored_as=F1_REFERENCE),
         "ort-int8": lambda: System("ONNX Runtime int8, sorted", "transformers", "sorted", "longest",
@@ -215,7 +220,7 @@ def baseline_systems(model_dir: Path, threads: int, workdir: Path, chosen=BASELI
 
 def available(name: str, calibration) -> str | None:
     """None where the system can run here; else why not (a row says so instead of a number)."""
-    if name in ("bf16", "ours-bf16"):
+    if name in ("bf16", "bf16-autocast", "ours-bf16"):
         return machine.bf16_problem()
     if name in ("ort-int8-static", "ours-int8-static") and calibration is None:
         return "no --calibration_file given"
@@ -364,7 +369,7 @@ def parse_args(argv=None):
     p.add_argument("--config", action="append", default=None,
                    help="'full' or NAME:JSON (repeatable); default: full only")
     p.add_argument("--backends", default="torch,bf16,onnxruntime,int8,int8-static",
-                   help="ours: comma list of torch (fp32), bf16 (torch autocast), onnxruntime (fp32), int8 (ONNX "
+                   help="ours: comma list of torch (fp32), bf16 (torch, bfloat16 weights), onnxruntime (fp32), int8 (ONNX "
                         "Runtime dynamic), int8-static (ONNX Runtime static, needs --calibration_file)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"transformers' systems, comma list of {', '.join(BASELINES)} (sorted always runs)")
@@ -379,9 +384,10 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, default=None, help="ONNX files (default: a temporary folder)")
     p.add_argument("--output", default=None, help="results JSON")
     p.add_argument("--plot", default=None, help="PNG: F1 against speedup at the largest threads and batch")
-    p.add_argument("--scores_from", default=None,
+    p.add_argument("--scores_from", action="append", default=None,
                    help="take F1/EM from this earlier results JSON (same model, questions and systems) and "
-                   "only time: for re-timing on a quieter machine")
+                   "only time: for re-timing on a quieter machine (repeatable: a later file's row replaces an "
+                   "earlier one's of the same system and batch size)")
     return p.parse_args(argv)
 
 
@@ -417,7 +423,8 @@ def main(argv=None):
     earlier = None
     if args.scores_from:
         earlier = {(r["system"], r["batch_size"]): {k: v for k, v in r.items() if k in SCORE_KEYS}
-                   for r in json.loads(Path(args.scores_from).read_text())["rows"] if "unavailable" not in r}
+                   for path in args.scores_from for r in json.loads(Path(path).read_text())["rows"]
+                   if "unavailable" not in r}
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -436,6 +443,9 @@ def main(argv=None):
                            timed_features=len(timed),
                            **{k: base / seconds[system.name] for k, base in bases.items() if base is not None})
                 if earlier is not None:
+                    if (system.name, batch_size) not in earlier:
+                        raise SystemExit(f"--scores_from: no row of {system.name!r} at batch {batch_size} in "
+                                         f"{', '.join(args.scores_from)}")
                     rows.append({**row, **earlier[(system.name, batch_size)]})
                     continue
                 # Logits do not depend on the batching (a relative configuration resolves against each

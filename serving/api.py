@@ -79,7 +79,7 @@ class QuestionAnswerer:
                  max_query_length=64, n_best_size=20, max_answer_length=30, batch_size=32, device="cpu",
                  pad_to_max_length=False, precision="fp32"):
         """``model``: a ``modeling_bert.BertForQuestionAnswering`` (run at ``length_config`` on
-        ``device`` in ``precision``, "fp32" or "bf16" autocast) or any ``LogitsProvider`` (which brings
+        ``device`` in ``precision``, "fp32" or "bf16": bfloat16 weights) or any ``LogitsProvider`` (which brings
         its own length configuration and precision)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"--batch_size must be an integer of at least 1, got {batch_size!r}")

@@ -51,12 +51,12 @@ def check_backend(backend: str, onnx_path, int8: bool, device: str) -> None:
 
 
 def check_precision(precision: str, backend: str, int8: bool) -> None:
-    """bfloat16 is the torch backend's autocast; an ONNX file runs at its own precision."""
+    """bfloat16 is the torch backend's (a bfloat16 copy of the weights); an ONNX file runs at its own precision."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (--bf16 for bf16), got {precision!r}")
     if precision == "bf16" and (backend == "onnxruntime" or int8):
         what = "--int8" if int8 else "--backend onnxruntime"
-        raise UsageError(f"--bf16 is the torch backend's bfloat16 autocast; {what} runs the ONNX file's own "
+        raise UsageError(f"--bf16 is the torch backend's bfloat16; {what} runs the ONNX file's own "
                          "precision (float32, or int8): give one of them")
 
 
@@ -103,7 +103,7 @@ class ServingSettings:
     int8_calibration_count: int = 256    # static: features calibrated on
     int8_calibration_method: str = "minmax"  # static: serving.onnx.int8.CALIBRATION_METHODS
     int8_settings: Int8Settings = Int8Settings()  # what stays float32, per-channel weights, ...
-    precision: str = "fp32"            # the torch backend's: "fp32", or "bf16" (autocast; selection scores fp32)
+    precision: str = "fp32"            # the torch backend's: "fp32", or "bf16" (bfloat16 weights; token scorers fp32)
     device: str = "cpu"
     threads: int | None = None         # torch's and ONNX Runtime's (None: torch's choice)
     cache_dir: str | None = None       # where exports and int8 copies are kept (None: the default cache)

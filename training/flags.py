@@ -113,7 +113,7 @@ def add_optimisation_args(g) -> None:
       "--train_padding longest cuts more padding")
     a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
     a("--fp16", action="store_true", help="float16 autocast with loss scaling (CUDA)")
-    a("--bf16", action="store_true", help="bfloat16 autocast")
+    a("--bf16", action="store_true", help="bfloat16 autocast in training; evaluation runs a bfloat16 copy of the weights")
     a("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a("--local_rank", type=int, default=-1, help="set by torch.distributed launchers")
 

@@ -140,7 +140,7 @@ class EvalSettings:
     max_seq_length: int
     n_best_size: int
     max_answer_length: int
-    precision: str  # "fp32", "bf16" or "fp16" (autocast)
+    precision: str  # "fp32", "bf16" (a bfloat16 copy of the weights) or "fp16" (autocast)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,22 @@
-"""bfloat16 on the torch serving backend: ``precision="bf16"`` / ``--bf16`` runs autocast, its
-logits agree with float32's within bfloat16's rounding and its answers are float32's, at full
-length and at length configurations of both drop criteria. The comparisons skip where the CPU has
-no bfloat16 instructions (emulated bfloat16 is correct but slow; ``core.machine.bf16_problem``)."""
+"""bfloat16 on the torch serving backend: ``precision="bf16"`` / ``--bf16`` runs a bfloat16 copy
+of the weights (token scorers float32; the caller's model untouched), its logits agree with
+float32's within bfloat16's rounding and its answers are float32's wherever float32's best span
+leads by more than that rounding, at full length and at length configurations of both drop
+criteria. The comparisons skip where the CPU has no bfloat16 instructions (emulated bfloat16 is
+correct but slow; ``core.machine.bf16_problem``)."""
 import json
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import inference
 import utils_squad
 from core import machine
 from core.errors import UsageError
+from core.forward import TorchLogits
+from core.models import load_model
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, run_inference_cli, save_learned_tiny_bert, tiny_squad_texts
 from serving.settings import ServingSettings
 
@@ -41,8 +46,10 @@ def examples():
 @pytest.mark.parametrize("criterion", ["attention", "learned"])
 @pytest.mark.parametrize("length_config", [None, (1.0, 0.7, 0.4)])
 def test_bf16_logits_and_answers_are_float32s(folders, examples, criterion, length_config):
-    """Same answers; logits within LOGIT_TOLERANCE of their spread, and not identical (autocast
-    ran). The learned criterion's scores are float32 under autocast, so its kept tokens are
+    """Logits within LOGIT_TOLERANCE of their spread, and not identical (bfloat16 ran). An answer
+    may differ only where float32 itself ranks bfloat16's answer within the rounding of its best
+    (start + end logits, each off by at most the largest error seen): on these random tiny
+    models spans nearly tie. The learned criterion's scores are float32, so its kept tokens are
     float32's and the bound holds at length configurations too."""
     answerers = {precision: inference.QuestionAnswerer.from_pretrained(
         folders[criterion], length_config=length_config, precision=precision, **WINDOW)
@@ -50,11 +57,34 @@ def test_bf16_logits_and_answers_are_float32s(folders, examples, criterion, leng
     features = answerers["fp32"].features(examples)
     real = np.asarray(features.attention_mask, dtype=bool)
     fp32, bf16 = (answerers[p].logits(features) for p in ("fp32", "bf16"))
+    largest_error = 0.0
     for want, got in zip(fp32, bf16):
         spread = want[real].std()
         error = np.abs(got[real] - want[real]).max()
         assert 0 < error <= LOGIT_TOLERANCE * spread, (error, spread)
-    assert answerers["bf16"].predict(examples)[0] == answerers["fp32"].predict(examples)[0]
+        largest_error = max(largest_error, error)
+    (want, want_nbest), (got, _) = answerers["fp32"].predict(examples), answerers["bf16"].predict(examples)
+    changed = [qas_id for qas_id in want if got[qas_id] != want[qas_id]]
+    assert len(changed) <= len(want) // 10, changed
+    for qas_id in changed:
+        scores = {n["text"]: n["start_logit"] + n["end_logit"] for n in want_nbest[qas_id]}
+        assert scores[want[qas_id]] - scores[got[qas_id]] <= 4 * largest_error, qas_id
+
+
+def test_bf16_runs_a_bfloat16_copy_and_leaves_the_model_as_it_was(folders):
+    """The weights run in bfloat16, the token scorers in float32, and the caller's model (which may
+    be in training) stays float32; autocast ("bf16-autocast") casts nothing."""
+    model = load_model(folders["learned"])
+    forward = TorchLogits(model, (1.0, 0.7, 0.4), precision="bf16")
+    assert forward.model is not model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    scorers = {n for n, _ in forward.model.named_parameters() if ".token_scorers." in n}
+    dtypes = {n: p.dtype for n, p in forward.model.named_parameters()}
+    assert scorers and {dtypes[n] for n in scorers} == {torch.float32}
+    assert {d for n, d in dtypes.items() if n not in scorers} == {torch.bfloat16}
+    assert TorchLogits(model, precision="bf16-autocast").model is model
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchLogits(model, precision="int4")
 
 
 def test_bf16_flag_reaches_the_settings_and_is_refused_off_the_torch_backend():
