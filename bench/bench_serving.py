@@ -430,6 +430,10 @@ def main(argv=None):
         torch.set_num_threads(threads)
         systems = baseline_systems(args.model, threads, workdir, baselines, calibration) + our_systems(
             args.ours or [args.model], configs, backends, threads, workdir, args.calibration_file, args.model)
+        missing = [f"{s.name!r} at batch {b}" for s in systems for b in batch_sizes
+                   if earlier is not None and (s.name, b) not in earlier]
+        if missing:
+            raise SystemExit(f"--scores_from {', '.join(args.scores_from)}: no row of {'; '.join(missing)}")
         for batch_size in batch_sizes:
             timed = np.arange(min(n, args.time_features_batch1 if batch_size == 1 else args.time_features))
             batches_of = {s.name: make_batches(s, features, timed, batch_size) for s in systems}
@@ -443,9 +447,6 @@ def main(argv=None):
                            timed_features=len(timed),
                            **{k: base / seconds[system.name] for k, base in bases.items() if base is not None})
                 if earlier is not None:
-                    if (system.name, batch_size) not in earlier:
-                        raise SystemExit(f"--scores_from: no row of {system.name!r} at batch {batch_size} in "
-                                         f"{', '.join(args.scores_from)}")
                     rows.append({**row, **earlier[(system.name, batch_size)]})
                     continue
                 # Logits do not depend on the batching (a relative configuration resolves against each
