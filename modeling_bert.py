@@ -14,6 +14,9 @@ Re-implementation, for current torch/transformers, of the Length-Adaptive Transf
   a small learned scorer on its input hidden states (``TokenScorer``, trained to find the answer's
   tokens) instead of the attention they receive; [CLS], the question and the [SEP]s are never
   dropped. With ``config.select_before_attention`` the layer selects before its attention too.
+  Instead of a count, ``keep_thresholds`` lets each example keep, at each layer, the tokens its
+  scorer puts above a probability (``forward``; eager evaluation only: the counts depend on
+  the data).
   The scorers are saved beside the weights in ``token_scorers.safetensors``, which plain
   transformers never reads.
 
@@ -73,6 +76,7 @@ class QAOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     attention_scores: tuple[torch.Tensor, ...] | None = None
+    kept_counts: torch.Tensor | None = None  # [B, layers] under keep_thresholds: tokens each example kept
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class ForwardOptions:
     always_keep_cls_token: bool = False
     count_padding_queries: bool = False
     select_before_attention: bool = False         # learned criterion: select before the attention too
+    keep_thresholds: tuple[float, ...] | None = None  # learned criterion: keep scorer probabilities above these
 
 
 @dataclass
@@ -95,6 +100,7 @@ class EncoderOutput:
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
     attention_scores: tuple[torch.Tensor, ...] | None
+    kept_counts: torch.Tensor | None = None
 
 
 def _flat_rows(index: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -416,17 +422,26 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
                 options: ForwardOptions, scorer: TokenScorer | None = None,
-                protected: torch.Tensor | None = None, example_keep: torch.Tensor | None = None) -> LayerResult:
+                protected: torch.Tensor | None = None, example_keep: torch.Tensor | None = None,
+                threshold: float | None = None) -> LayerResult:
         """``scorer``: the learned criterion ranks the tokens (``protected`` ones always kept);
         None: the attention they receive. ``example_keep [B]``: each example's own count (a keep
-        fraction of its own length); the batch keeps ``keep``, its largest."""
+        fraction of its own length); the batch keeps ``keep``, its largest. ``threshold`` (with a
+        scorer, instead of ``keep``): each example keeps its tokens of scorer probability above it."""
+        significance = None
+        if threshold is not None:
+            significance = learned_significance(scorer(hidden), real_tokens, protected)
+            keep, example_keep = _threshold_counts(significance, threshold, real_tokens)
         # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
         drops, keep = _drop_decision(keep, hidden.size(1))
         kept = dropped = within = None
+        if threshold is not None:
+            drops = example_keep is not None
         if not drops:
             example_keep = None
         if drops and scorer is not None:
-            significance = learned_significance(scorer(hidden), real_tokens, protected)
+            if significance is None:
+                significance = learned_significance(scorer(hidden), real_tokens, protected)
             kept, dropped, within = select_tokens(significance, keep, options.always_keep_cls_token, example_keep)
             if options.select_before_attention:  # attention, too, runs on the kept tokens only
                 hidden = gather_tokens(hidden, kept)
@@ -447,6 +462,18 @@ class BertLayer(nn.Module):
                 attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return LayerResult(layer_output, kept, dropped, probs, scores, within)
+
+
+def _threshold_counts(significance: torch.Tensor, threshold: float, real_tokens: torch.Tensor | None):
+    """(the batch's largest count, each example's count ``[B]``) of tokens whose scorer probability
+    is above ``threshold`` (protected ones always: their significance is +inf; padding never);
+    ``(width, None)`` where every example keeps all its tokens."""
+    counts = (significance > math.log(threshold / (1 - threshold)) if threshold > 0 else
+              significance > -math.inf).sum(dim=1)
+    real = (torch.full_like(counts, significance.size(1)) if real_tokens is None else real_tokens.sum(dim=1))
+    if bool((counts == real).all()):
+        return significance.size(1), None
+    return max(1, int(counts.max())), counts
 
 
 def _drop_decision(keep, width) -> tuple[bool, object]:
@@ -492,6 +519,12 @@ class BertEncoder(nn.Module):
         """
         output_hidden_states = options.output_hidden_states
         positions = restored = frozen = None
+        thresholds = options.keep_thresholds
+        alive = kept_counts = None
+        if thresholds is not None:  # each example's live tokens, per layer
+            alive = (torch.full(hidden.shape[:1], hidden.size(1), device=hidden.device) if real_tokens is None
+                     else real_tokens.sum(dim=1))
+            kept_counts = []
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if options.output_attentions else None
         all_scores = [] if options.output_attention_scores else None
@@ -499,8 +532,12 @@ class BertEncoder(nn.Module):
             if options.layers_to_run is None or index in options.layers_to_run:
                 keep = None if options.length_config is None else options.length_config[index]
                 scorer = None if self.token_scorers is None else self.token_scorers[index]
+                threshold = None if thresholds is None or thresholds[index] == 0 else thresholds[index]
                 result = layer(hidden, real_tokens, keep, options=options, scorer=scorer, protected=protected,
-                               example_keep=None if example_keep is None else example_keep[:, index])
+                               example_keep=None if example_keep is None else example_keep[:, index],
+                               threshold=threshold)
+                if alive is not None and result.within is not None:
+                    alive = result.within.sum(dim=1)
                 layer_input = hidden
                 if result.kept is not None:
                     if positions is None:  # first drop: the input already holds every final state so far
@@ -529,6 +566,8 @@ class BertEncoder(nn.Module):
                     all_scores.append(result.scores)
                 if output_hidden_states and positions is not None:
                     restored = scatter_tokens(restored, positions, hidden)
+            if kept_counts is not None:
+                kept_counts.append(alive)
             if output_hidden_states:  # a skipped layer's entry equals its input
                 all_hidden.append(hidden if positions is None else restored)
         if positions is not None:
@@ -540,6 +579,7 @@ class BertEncoder(nn.Module):
             tuple(all_hidden) if all_hidden is not None else None,
             tuple(all_probs) if all_probs is not None else None,
             tuple(all_scores) if all_scores is not None else None,
+            None if kept_counts is None else torch.stack(kept_counts, dim=1),
         )
 
 
@@ -597,6 +637,23 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         return length_drop.check_length_config(
             tuple(length_config), self.config.num_hidden_layers, non_increasing=False, name="length_config")
 
+    def _checked_keep_thresholds(self, keep_thresholds, length_config):
+        if keep_thresholds is None:
+            return None
+        n = self.config.num_hidden_layers
+        thresholds = tuple(float(t) for t in keep_thresholds)
+        if len(thresholds) != n or not all(0 <= t < 1 for t in thresholds):
+            raise ValueError(f"keep_thresholds: expected {n} probabilities in [0, 1), got {keep_thresholds}")
+        if self.drop_criterion != "learned":
+            raise ValueError("keep_thresholds: a threshold on the token scorers' probability needs the learned "
+                             f"drop criterion; this model's is {self.drop_criterion!r}")
+        if length_config is not None:
+            raise ValueError("give keep_thresholds or length_config, not both")
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            raise ValueError("keep_thresholds: each example's count depends on its scores, which a traced or "
+                             "exported graph cannot hold; use a length configuration there")
+        return thresholds
+
     def _checked_layer_config(self, layer_config):
         layer_config = tuple(int(i) for i in layer_config)
         n = self.config.num_hidden_layers
@@ -618,11 +675,18 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         output_attention_scores: bool = False,
         return_dict: bool = True,
         always_keep_cls_token: bool | None = None,
+        keep_thresholds: Sequence[float] | None = None,
     ) -> QAOutput | tuple:
         """Span logits for every input position. ``length_config[i]``: tokens kept by layer i,
         absolute (out of the padded length; capped at the tokens the layer receives) or a keep
-        fraction of each example's own real length (``length_drop.resolve_length_config``)."""
+        fraction of each example's own real length (``length_drop.resolve_length_config``).
+        ``keep_thresholds[i]`` (learned criterion, instead of a length configuration): layer i
+        keeps each example's tokens of scorer probability above it (0: keeps all); the output's
+        ``kept_counts [B, layers]`` says how many each example kept."""
+        keep_thresholds = self._checked_keep_thresholds(keep_thresholds, length_config)
         length_config = self.length_config if length_config is None else self._checked_length_config(length_config)
+        if keep_thresholds is not None:
+            length_config = None
         example_keep = None
         if length_drop.is_relative(length_config):
             example_keep = example_keep_counts(length_config, attention_mask)
@@ -637,8 +701,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
             output_attention_scores=output_attention_scores, always_keep_cls_token=always_keep_cls_token,
             count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)),
-            select_before_attention=bool(getattr(self.config, "select_before_attention", False)))
-        protected = (None if self.bert.encoder.token_scorers is None or length_config is None else
+            select_before_attention=bool(getattr(self.config, "select_before_attention", False)),
+            keep_thresholds=keep_thresholds)
+        selects = length_config is not None or keep_thresholds is not None
+        protected = (None if self.bert.encoder.token_scorers is None or not selects else
                      protected_tokens(attention_mask, token_type_ids, input_ids))  # only selection reads it
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options,
@@ -651,7 +717,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         loss = self._span_loss(start_logits, end_logits, start_positions, end_positions)
 
         output = QAOutput(loss, start_logits, end_logits, encoded.hidden_states,
-                          encoded.attentions, encoded.attention_scores)
+                          encoded.attentions, encoded.attention_scores, encoded.kept_counts)
         return output if return_dict else output.to_tuple()
 
     @property

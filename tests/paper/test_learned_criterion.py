@@ -175,3 +175,65 @@ def test_keep_fractions_per_example_do_not_depend_on_the_batch(before):
                           length_config=fractions)
             torch.testing.assert_close(together.start_logits[row, :length], alone.start_logits[0],
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_keep_thresholds_keep_what_the_scorer_puts_above_them():
+    """Layer 0 of a one-layer model keeps the protected tokens and the context tokens whose linear
+    score on the embeddings is above the threshold's logit (worked out by hand), and its logits
+    are those of keeping that many by count; threshold 0 keeps everything."""
+    model = learned_model()
+    ids = torch.randint(5, 120, (1, L))
+    with torch.no_grad():
+        embeddings = model.bert.embeddings(input_ids=ids, token_type_ids=TYPES)[0]
+        scorer = model.bert.encoder.token_scorers[0].net
+        probabilities = torch.sigmoid(embeddings @ scorer.weight[0] + scorer.bias[0])
+        threshold = float(probabilities[6:L - 1].median())  # about half of the 9 context tokens above it
+        count = 7 + int((probabilities[6:L - 1] > threshold).sum())  # 6 before the context, the last [SEP]
+        by_threshold = model(ids, torch.ones_like(ids), TYPES, keep_thresholds=[threshold])
+        by_count = model(ids, torch.ones_like(ids), TYPES, length_config=[count])
+        full = model(ids, torch.ones_like(ids), TYPES)
+        everything = model(ids, torch.ones_like(ids), TYPES, keep_thresholds=[0.0])
+    assert 7 < count < L
+    assert by_threshold.kept_counts.tolist() == [[count]]
+    torch.testing.assert_close(by_threshold.start_logits, by_count.start_logits, atol=0, rtol=0)
+    assert not torch.equal(by_threshold.start_logits, full.start_logits)
+    torch.testing.assert_close(everything.start_logits, full.start_logits, atol=0, rtol=0)
+    assert everything.kept_counts.tolist() == [[L]]
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_keep_thresholds_do_not_depend_on_the_batch(before):
+    """Each example keeps its own tokens above the thresholds: its logits and counts in a padded
+    batch are those it gets alone."""
+    model = learned_model(num_hidden_layers=3, select_before_attention=before)
+    with torch.no_grad():
+        for p in model.bert.encoder.token_scorers.parameters():
+            p.normal_(0, 0.5)
+    ids = torch.randint(5, 120, (2, L))
+    types = TYPES.expand(2, -1).clone()
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    thresholds = (0.0, 0.4, 0.6)
+    with torch.no_grad():
+        together = model(ids, mask, types, keep_thresholds=thresholds)
+        counts = together.kept_counts.tolist()
+        for row, length in ((0, L), (1, 11)):
+            alone = model(ids[row:row + 1, :length], mask[row:row + 1, :length], types[row:row + 1, :length],
+                          keep_thresholds=thresholds)
+            torch.testing.assert_close(together.start_logits[row, :length], alone.start_logits[0],
+                                       atol=1e-5, rtol=1e-5)
+            assert alone.kept_counts.tolist() == [counts[row]]
+    assert counts[1][0] == 11 and counts[0][0] == L and counts[0][2] < counts[0][1] < L  # layers 1-2 dropped
+
+
+def test_keep_thresholds_refused_where_they_cannot_apply():
+    model = learned_model(num_hidden_layers=2)
+    ids = torch.randint(5, 120, (1, L))
+    with pytest.raises(ValueError, match=r"keep_thresholds: expected 2 probabilities in \[0, 1\)"):
+        model(ids, keep_thresholds=[0.0, 1.0])
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, keep_thresholds=[0.0, 0.5], length_config=[1.0, 0.5])
+    torch.manual_seed(0)
+    paper = BertForQuestionAnswering(tiny_bert_config(num_hidden_layers=2)).eval()
+    with pytest.raises(ValueError, match="needs the learned drop criterion; this model's is 'attention'"):
+        paper(ids, keep_thresholds=[0.0, 0.5])
