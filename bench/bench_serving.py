@@ -346,6 +346,14 @@ SCORE_KEYS = {"f1", "exact_match", *(f"{prefix}{k}" for prefix in ("", "twin_")
                                      for k in ("f1_diff", "f1_diff_ci95", "relative_f1_loss", "questions_changed"))}
 
 
+def earlier_scores(paths) -> dict:
+    """{system: its F1 pass's keys} from earlier results JSONs, a later file's row replacing an
+    earlier one's. By system alone: its logits, so its F1, depend on neither batch size nor threads."""
+    return {r["system"]: {k: v for k, v in r.items() if k in SCORE_KEYS}
+            for path in paths for r in json.loads(Path(path).read_text())["rows"]
+            if "unavailable" not in r and "f1" in r}
+
+
 def paired_f1_difference(per_question: list[float], reference: list[float]) -> dict:
     """Mean F1 difference against the reference over the same questions, with a 95% interval
     (normal approximation of the paired differences' mean: 1.96 standard errors)."""
@@ -387,7 +395,7 @@ def parse_args(argv=None):
     p.add_argument("--scores_from", action="append", default=None,
                    help="take F1/EM from this earlier results JSON (same model, questions and systems) and "
                    "only time: for re-timing on a quieter machine (repeatable: a later file's row replaces an "
-                   "earlier one's of the same system and batch size)")
+                   "earlier one's of the same system)")
     return p.parse_args(argv)
 
 
@@ -422,16 +430,13 @@ def main(argv=None):
 
     earlier = None
     if args.scores_from:
-        earlier = {(r["system"], r["batch_size"]): {k: v for k, v in r.items() if k in SCORE_KEYS}
-                   for path in args.scores_from for r in json.loads(Path(path).read_text())["rows"]
-                   if "unavailable" not in r}
+        earlier = earlier_scores(args.scores_from)
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
         systems = baseline_systems(args.model, threads, workdir, baselines, calibration) + our_systems(
             args.ours or [args.model], configs, backends, threads, workdir, args.calibration_file, args.model)
-        missing = [f"{s.name!r} at batch {b}" for s in systems for b in batch_sizes
-                   if earlier is not None and (s.name, b) not in earlier]
+        missing = [repr(s.name) for s in systems if earlier is not None and s.name not in earlier]
         if missing:
             raise SystemExit(f"--scores_from {', '.join(args.scores_from)}: no row of {'; '.join(missing)}")
         for batch_size in batch_sizes:
@@ -447,7 +452,7 @@ def main(argv=None):
                            timed_features=len(timed),
                            **{k: base / seconds[system.name] for k, base in bases.items() if base is not None})
                 if earlier is not None:
-                    rows.append({**row, **earlier[(system.name, batch_size)]})
+                    rows.append({**row, **earlier[system.name]})
                     continue
                 # Logits do not depend on the batching (a relative configuration resolves against each
                 # example's own length): every system is scored once, at the largest batch size.

@@ -8,7 +8,10 @@ questions, sorted batches padded to their longest; F1 with the official metric, 
 compared with the same model at full length (paired mean difference, 95% interval). MACs per
 feature are ``length_drop.analytic_macs`` at the feature's own real length with the counts it
 kept (a threshold) or its fractions' counts (a configuration), so both are counted alike, padding
-excluded; the ratio is full length's mean over the setting's.
+excluded; the ratio is full length's mean over the setting's. With ``--time_features N`` each
+setting is also timed on the first N features (sorted batches of ``--batch_size``, interleaved
+repeats, medians): a threshold's batch is as wide as its widest row at every layer, so at batch
+32 it saves less time than its MACs say.
 
     python -m bench.bench_thresholds --model FIT/checkpoint-last --dev_file dev-head.json \\
         --thresholds '[[0,0.3,0.3,0.3,0.3,0.3]]' --configs '[[1.0,0.9,0.81,0.729,0.6561,0.5905]]' \\
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import numpy as np
 import torch
@@ -61,6 +66,22 @@ def run_setting(forward, examples, features, gold, batch_size: int) -> dict:
     return {**evaluate_answers(gold, predictions), "f1_per_question": per_question_f1(gold, predictions)}
 
 
+def time_settings(forwards: dict, features, count: int, batch_size: int, repeats: int) -> dict:
+    """Seconds per setting (median of interleaved repeats) over the first ``count`` features."""
+    inputs = tuple(v[:count] for v in (features.input_ids, features.attention_mask, features.token_type_ids))
+    plan = batching.batch_plan(batching.real_lengths(inputs[1]), inputs[0].shape[1], batch_size)
+    times = {name: [] for name in forwards}
+    for forward in forwards.values():  # warm-up: every batch shape once
+        batching.plan_logits(forward, inputs, plan)
+    for _ in range(repeats):
+        for name, forward in forwards.items():
+            time.sleep(0.5)  # let the last run's spinning threads settle (bench_serving.SETTLE_SECONDS)
+            start = time.perf_counter()
+            batching.plan_logits(forward, inputs, plan)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def parse_lists(text: str, flag: str, layers: int) -> list[list[float]]:
     try:
         value = json.loads(text)
@@ -83,6 +104,9 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bfloat16 weights (token scorers float32)")
+    p.add_argument("--time_features", type=int, default=0, help="time each setting on this many features")
+    p.add_argument("--time_batch_sizes", default="32", help="comma list of batch sizes to time at")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output", default=None, help="results JSON")
     args = p.parse_args(argv)
     try:
@@ -107,19 +131,21 @@ def main(argv=None):
     config = qa.model.config
     full_macs = length_drop.mean_analytic_macs(config, lengths)
 
-    reference = run_setting(TorchLogits(qa.model, None, precision=precision), examples, features, gold,
-                            args.batch_size)
+    full = TorchLogits(qa.model, None, precision=precision)
+    reference = run_setting(full, examples, features, gold, args.batch_size)
     rows = [{"setting": "full length", "macs_ratio": 1.0, "f1": reference["f1"],
              "exact_match": reference["exact_match"]}]
+    forwards = [full]
     for fractions in configs:
-        r = run_setting(TorchLogits(qa.model, fractions, precision=precision), examples, features, gold,
-                        args.batch_size)
+        forwards.append(TorchLogits(qa.model, fractions, precision=precision))
+        r = run_setting(forwards[-1], examples, features, gold, args.batch_size)
         rows.append({"setting": "fractions", "length_config": list(fractions),
                      "macs_ratio": full_macs / length_drop.mean_analytic_macs(config, lengths, fractions),
                      "f1": r["f1"], "exact_match": r["exact_match"],
                      **paired_f1_difference(r["f1_per_question"], reference["f1_per_question"])})
     for values in thresholds:
         forward = ThresholdLogits(qa.model, values, precision)
+        forwards.append(forward)
         r = run_setting(forward, examples, features, gold, args.batch_size)
         kept = np.asarray([counts for _, counts in forward.kept], dtype=float)
         real = np.asarray([n for n, _ in forward.kept], dtype=float)
@@ -129,16 +155,23 @@ def main(argv=None):
                      "mean_kept_fraction": (kept / real[:, None]).mean(axis=0).round(4).tolist(),
                      **paired_f1_difference(r["f1_per_question"], reference["f1_per_question"])})
         forward.kept.clear()
+    for batch_size in ([int(b) for b in args.time_batch_sizes.split(",")] if args.time_features else []):
+        seconds = time_settings(dict(enumerate(forwards)), features, args.time_features, batch_size, args.repeats)
+        for i, row in enumerate(rows):
+            row[f"seconds_batch{batch_size}"] = seconds[i]
+            row[f"speedup_batch{batch_size}"] = seconds[0] / seconds[i]
     info = machine.machine_info()
     print(f"machine: {machine.cpu_line(info)}; {len(examples)} questions, {len(lengths)} features, {precision}")
     for r in rows:
         what = r.get("keep_thresholds") or r.get("length_config") or ""
         diff = f"{r['f1_diff']:+.2f} +-{r['f1_diff_ci95']:.2f}" if "f1_diff" in r else ""
-        print(f"{r['setting']:<11} {json.dumps(what):<48} MACs {r['macs_ratio']:.2f}x  F1 {r['f1']:.2f} {diff}")
+        timed = "".join(f"  {k.split('_')[1]} {v:.2f}x" for k, v in r.items() if k.startswith("speedup_"))
+        print(f"{r['setting']:<11} {json.dumps(what):<48} MACs {r['macs_ratio']:.2f}x  F1 {r['f1']:.2f} {diff}{timed}")
     if args.output:
         files.atomic_write_json(args.output, dict(
             command=" ".join(sys.argv), machine=info, questions=len(examples), features=len(lengths),
-            precision=precision, batch_size=args.batch_size, rows=rows))
+            precision=precision, batch_size=args.batch_size, time_features=args.time_features,
+            threads=args.threads, rows=rows))
         print(f"wrote {args.output}")
 
 

@@ -131,3 +131,46 @@ def test_each_timed_run_starts_after_the_settling_pause(monkeypatch):
     pause = ("pause", bench_serving.SETTLE_SECONDS)
     assert events == [("run", "a"), ("run", "b")] + [pause, ("run", "a"), pause, ("run", "b")] * 2
     assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+
+
+def test_earlier_scores_take_the_later_files_row_of_each_system(tmp_path):
+    """--scores_from: F1 keys only (no times), by system whatever the batch size, a later file's
+    row replacing an earlier one's; rows without an F1 pass or unavailable ones are skipped."""
+    import json
+
+    old = {"rows": [{"system": "a", "batch_size": 1, "f1": 60.0, "f1_diff": -1.0, "seconds": 3.0},
+                    {"system": "b", "batch_size": 32, "f1": 50.0},
+                    {"system": "c", "batch_size": 32, "unavailable": "no bf16"},
+                    {"system": "d", "batch_size": 32, "seconds": 1.0}]}
+    new = {"rows": [{"system": "b", "batch_size": 32, "f1": 55.0, "twin_f1_diff": 0.1}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    got = bench_serving.earlier_scores([tmp_path / "old.json", tmp_path / "new.json"])
+    assert got == {"a": {"f1": 60.0, "f1_diff": -1.0}, "b": {"f1": 55.0, "twin_f1_diff": 0.1}}
+
+
+def test_threshold_logits_at_zero_are_full_length_with_full_length_macs():
+    """bench_thresholds' forward: thresholds of 0 keep every token, so logits and MACs are full
+    length's (length_drop.mean_analytic_macs over the same real lengths)."""
+    import numpy as np
+
+    import length_drop
+    from bench.bench_thresholds import ThresholdLogits
+    from core.forward import TorchLogits
+    from helpers import tiny_bert_config
+    from modeling_bert import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(num_hidden_layers=3, drop_criterion="learned")).eval()
+    ids = torch.randint(5, 120, (3, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    mask[2, 9:] = 0
+    types = (torch.arange(16) >= 5).long().expand(3, -1)
+    forward = ThresholdLogits(model, (0.0, 0.0, 0.0))
+    got = forward(ids, mask, types)
+    want = TorchLogits(model)(ids, mask, types)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert forward.kept == [(16, (16, 16, 16)), (12, (12, 12, 12)), (9, (9, 9, 9))]
+    assert forward.mean_macs(model.config) == pytest.approx(
+        length_drop.mean_analytic_macs(model.config, [16, 12, 9]), rel=1e-6)
