@@ -70,11 +70,12 @@ def test_rows_say_why_a_system_cannot_run_here(monkeypatch):
     from core import machine
 
     monkeypatch.setattr(machine, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "fma"})
-    rows = bench_serving.unavailable_rows(["sorted", "bf16", "ort-int8-static"], ["torch", "bf16", "int8-static"],
+    rows = bench_serving.unavailable_rows(["sorted", "bf16", "bf16-autocast", "ort-int8-static"],
+                                          ["torch", "bf16", "int8-static"],
                                           ["m"], [("full length", None), ("A", [1.0, 0.5])], calibration=None)
     why = {r["system"]: r["unavailable"] for r in rows}
-    assert set(why) == {"transformers bf16", "transformers ort-int8-static", "ours bf16, full length", "ours bf16, A",
-                        "ours int8-static, full length", "ours int8-static, A"}
+    assert set(why) == {"transformers bf16", "transformers bf16-autocast", "transformers ort-int8-static",
+                        "ours bf16, full length", "ours bf16, A", "ours int8-static, full length", "ours int8-static, A"}
     assert "no bfloat16 instructions" in why["ours bf16, A"]
     assert why["transformers ort-int8-static"] == "no --calibration_file given"
     monkeypatch.setattr(machine, "cpu_flags", lambda path="/proc/cpuinfo": {"avx512_bf16"})
