@@ -466,10 +466,9 @@ class BertLayer(nn.Module):
 
 def _threshold_counts(significance: torch.Tensor, threshold: float, real_tokens: torch.Tensor | None):
     """(the batch's largest count, each example's count ``[B]``) of tokens whose scorer probability
-    is above ``threshold`` (protected ones always: their significance is +inf; padding never);
-    ``(width, None)`` where every example keeps all its tokens."""
-    counts = (significance > math.log(threshold / (1 - threshold)) if threshold > 0 else
-              significance > -math.inf).sum(dim=1)
+    is above ``threshold`` in (0, 1) (protected ones always: their significance is +inf; padding
+    never: -inf); ``(width, None)`` where every example keeps all its tokens."""
+    counts = (significance > math.log(threshold / (1 - threshold))).sum(dim=1)
     real = (torch.full_like(counts, significance.size(1)) if real_tokens is None else real_tokens.sum(dim=1))
     if bool((counts == real).all()):
         return significance.size(1), None
