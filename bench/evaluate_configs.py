@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--max_questions", type=int, default=None)
     p.add_argument("--cache_dir", default=None)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 weights (token scorers float32)")
     p.add_argument("--drop_criterion", default=None, choices=["attention", "learned"],
                    help="run every model with this drop criterion (attention: the paper's, on the same "
                         "weights); default: each checkpoint's own")
