@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
 import length_drop
 import utils_squad
-from bench.bench_serving import paired_f1_difference
+from bench.bench_serving import System, make_batches, paired_f1_difference, time_systems
 from core import batching, files, machine, postprocess
 from core.errors import UsageError
 from core.forward import TorchLogits
@@ -66,20 +64,14 @@ def run_setting(forward, examples, features, gold, batch_size: int) -> dict:
     return {**evaluate_answers(gold, predictions), "f1_per_question": per_question_f1(gold, predictions)}
 
 
-def time_settings(forwards: dict, features, count: int, batch_size: int, repeats: int) -> dict:
-    """Seconds per setting (median of interleaved repeats) over the first ``count`` features."""
-    inputs = tuple(v[:count] for v in (features.input_ids, features.attention_mask, features.token_type_ids))
-    plan = batching.batch_plan(batching.real_lengths(inputs[1]), inputs[0].shape[1], batch_size)
-    times = {name: [] for name in forwards}
-    for forward in forwards.values():  # warm-up: every batch shape once
-        batching.plan_logits(forward, inputs, plan)
-    for _ in range(repeats):
-        for name, forward in forwards.items():
-            time.sleep(0.5)  # let the last run's spinning threads settle (bench_serving.SETTLE_SECONDS)
-            start = time.perf_counter()
-            batching.plan_logits(forward, inputs, plan)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def time_settings(forwards: list, features, count: int, batch_size: int, repeats: int) -> list[float]:
+    """Seconds per forward over the first ``count`` features, sorted batches padded to their
+    longest: ``bench_serving.time_systems`` (warm-up, interleaved repeats, medians)."""
+    systems = [System(str(i), "ours", "sorted", "longest", forward) for i, forward in enumerate(forwards)]
+    rows = np.arange(min(count, len(features.input_ids)))
+    batches_of = {s.name: make_batches(s, features, rows, batch_size) for s in systems}
+    seconds = time_systems(systems, batches_of, repeats, f"timing, batch {batch_size}")
+    return [seconds[s.name] for s in systems]
 
 
 def parse_lists(text: str, flag: str, layers: int) -> list[list[float]]:
@@ -156,7 +148,7 @@ def main(argv=None):
                      **paired_f1_difference(r["f1_per_question"], reference["f1_per_question"])})
         forward.kept.clear()
     for batch_size in ([int(b) for b in args.time_batch_sizes.split(",")] if args.time_features else []):
-        seconds = time_settings(dict(enumerate(forwards)), features, args.time_features, batch_size, args.repeats)
+        seconds = time_settings(forwards, features, args.time_features, batch_size, args.repeats)
         for i, row in enumerate(rows):
             row[f"seconds_batch{batch_size}"] = seconds[i]
             row[f"speedup_batch{batch_size}"] = seconds[0] / seconds[i]
