@@ -214,17 +214,47 @@ def sample_relative_length_configuration(num_hidden_layers: int, layer_config: S
     return tuple(fractions)
 
 
+def sample_configuration_above(smallest: Sequence[int | float], full: int | float = 1.0,
+                               rng: random.Random | None = None) -> tuple:
+    """A configuration between ``smallest`` and full length, layer by layer: each layer keeps an
+    amount uniform between the smallest's at that layer and what the layer before kept (``full``
+    before the first), so it never grows and never goes below ``smallest``. Keep fractions
+    (``full`` 1.0) are rounded as ``sample_relative_length_configuration`` rounds them; token counts
+    (``full`` the window) are drawn as integers."""
+    rng = rng or random
+    current, drawn = full, []
+    for low in smallest:
+        if isinstance(full, float):
+            current = max(round(rng.uniform(min(low, current), current), 4), 1e-4)
+        else:
+            current = rng.randint(min(int(low), current), current)
+        drawn.append(current)
+    return tuple(drawn)
+
+
 def sandwich_configurations(num_hidden_layers: int, max_seq_length: int, num_sandwich: int,
                             length_drop_ratio_bound: float, layer_dropout_prob: float | None = None,
                             layer_dropout_bound: int | None = None,
-                            rng: random.Random | None = None, relative: bool = False) -> list[SubModel]:
+                            rng: random.Random | None = None, relative: bool = False,
+                            smallest_config: Sequence[int | float] | None = None) -> list[SubModel]:
     """The sub-models of one LengthDrop training step, in the reference's order (and draw order):
     the full model (LayerDrop only if ``layer_dropout_prob``), the smallest (every layer drops
     ``length_drop_ratio_bound``; ``layer_dropout_bound`` last layers dropped), then
     ``num_sandwich`` random ones (lengths uniform within the bound, layer drop count random).
     ``relative``: sub-models get keep fractions (``sample_relative_length_configuration``), so
-    they drop real tokens of short sequences too; else token counts out of ``max_seq_length``."""
+    they drop real tokens of short sequences too; else token counts out of ``max_seq_length``.
+
+    ``smallest_config`` (an extension; no layer dropping): the smallest sub-model runs at that
+    configuration and the random ones are drawn between it and full length
+    (``sample_configuration_above``), so the sandwich trains down to a chosen target of any shape
+    instead of the same drop ratio at every layer."""
     rng = rng or random
+    if smallest_config is not None:
+        layers = tuple(range(num_hidden_layers))
+        full = 1.0 if relative else max_seq_length
+        return ([SubModel("full", None, layers), SubModel("smallest", tuple(smallest_config), layers)]
+                + [SubModel("random", sample_configuration_above(smallest_config, full, rng), layers)
+                   for _ in range(num_sandwich)])
     full_layers = sample_layer_configuration(num_hidden_layers, layer_dropout_prob, layer_dropout=0, rng=rng)
     models = [SubModel("full", None, full_layers)]
     for index in range(num_sandwich + 1):

@@ -140,6 +140,10 @@ def add_length_args(g) -> None:
     a("--length_adaptive", action="store_true", help="train with the sandwich rule (step 4)")
     a("--num_sandwich", type=int, default=2, help="random sub-models per step besides the full and smallest")
     a("--length_drop_ratio_bound", type=float, default=0.2, help="share of tokens the smallest sub-model drops per layer")
+    a("--smallest_length_config", default=None,
+      help="JSON list: the sandwich's smallest sub-model runs at this configuration (keep fractions with "
+      "--length_space relative, else token counts) and the random ones are drawn between it and full "
+      "length, instead of every layer dropping --length_drop_ratio_bound (an extension: train down to a target)")
     a("--length_space", default="absolute", choices=["absolute", "relative"],
       help="the sandwich's sub-models keep token counts out of --max_seq_length (the paper's) or "
       "fractions of each batch's longest real sequence (short sequences lose tokens too)")

@@ -145,7 +145,7 @@ def sub_models_for_step(settings: SandwichSettings, num_layers: int, rng: random
         return length_drop.sandwich_configurations(
             num_layers, settings.max_seq_length, settings.num_sandwich, settings.length_drop_ratio_bound,
             layer_dropout_prob=settings.layer_dropout_prob, layer_dropout_bound=settings.layer_dropout_bound,
-            rng=rng, relative=settings.length_space == "relative")
+            rng=rng, relative=settings.length_space == "relative", smallest_config=settings.smallest_length_config)
     layer_config = length_drop.sample_layer_configuration(
         num_layers, layer_dropout_prob=settings.layer_dropout_prob, layer_dropout=0, rng=rng)
     return [length_drop.SubModel("full", settings.length_config, layer_config)]

@@ -105,6 +105,7 @@ class SandwichSettings:
     sandwich_full_weight: float | None
     max_seq_length: int
     length_config: tuple[int, ...] | None  # the full model's fixed configuration without the sandwich
+    smallest_length_config: tuple | None = None  # the sandwich's smallest sub-model (None: the drop-ratio bound's)
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         objective=group_from(ObjectiveSettings, args, token_scorer_loss_ratio=(
             (1.0 if args.token_scorer_loss_ratio is None else args.token_scorer_loss_ratio)
             if criterion == "learned" and args.do_train else None)),
-        sandwich=group_from(SandwichSettings, args, length_config=length_config),
+        sandwich=group_from(SandwichSettings, args, length_config=length_config,
+                            smallest_length_config=checked_smallest_length_config(args, model_shape["num_hidden_layers"])),
         train=group_from(TrainSettings, args, precision=precision, train_padding=check_train_padding(args),
                          track_length_configs=parse_track_length_configs(args, model_shape["num_hidden_layers"])),
         eval=group_from(EvalSettings, args, precision=precision),
@@ -284,6 +286,30 @@ def parse_track_length_configs(args, num_hidden_layers: int) -> tuple:
         except ValueError as e:
             raise UsageError(f"--track_length_configs entry {index}: {e}") from None
     return tuple(configs)
+
+
+def checked_smallest_length_config(args, num_hidden_layers: int) -> tuple | None:
+    """--smallest_length_config: the sandwich's smallest sub-model, in the space its sub-models
+    are drawn in (keep fractions for --length_space relative, token counts for absolute)."""
+    if args.smallest_length_config is None:
+        return None
+    if not (args.length_adaptive and args.do_train):
+        raise UsageError("--smallest_length_config chooses the sandwich's smallest sub-model: it needs "
+                         "--do_train --length_adaptive")
+    if args.layer_dropout_prob is not None or args.layer_dropout_bound:
+        raise UsageError("--smallest_length_config draws sub-models over every layer: leave out "
+                         "--layer_dropout_prob / --layer_dropout_bound")
+    try:
+        config = length_drop.parse_length_config(args.smallest_length_config, num_hidden_layers,
+                                                 args.max_seq_length)
+    except ValueError as e:
+        raise UsageError(f"--smallest_length_config: {e}") from None
+    relative = args.length_space == "relative"
+    if length_drop.is_relative(config) != relative:
+        want = "keep fractions, e.g. [1.0, 0.7, 0.5]" if relative else "token counts, e.g. [256, 180, 128]"
+        raise UsageError(f"--smallest_length_config {args.smallest_length_config}: --length_space "
+                         f"{args.length_space} draws sub-models as {want.split(',')[0]}; give {want}")
+    return config
 
 
 def resolve_data_file(args, name: str) -> Path:

@@ -17,6 +17,7 @@ from length_drop import (
     constant_drop_config,
     parse_length_config,
     profile_macs,
+    sample_configuration_above,
     sample_layer_configuration,
     sample_length_configuration,
     sandwich_configurations,
@@ -262,3 +263,35 @@ def test_relative_sandwich_draws_fractions_within_the_bound():
     config = tiny_bert_config(50, num_hidden_layers=2)
     # MACs of a relative configuration: those of its token counts at the sequence's own length.
     assert analytic_macs(config, 20, (1.0, 0.5)) == analytic_macs(config, 20, (20, 10))
+
+
+def test_sandwich_trains_down_to_a_given_smallest_configuration():
+    """--smallest_length_config: the smallest sub-model is that configuration, every layer runs,
+    and each random one lies layer by layer between it and what its previous layer kept."""
+    smallest = (1.0, 0.55, 0.4, 0.3, 0.25, 0.2)
+    rng = random.Random(0)
+    drawn = []
+    for _ in range(400):
+        models = sandwich_configurations(6, 256, 2, 0.2, rng=rng, relative=True, smallest_config=smallest)
+        assert [m.kind for m in models] == ["full", "smallest", "random", "random"]
+        assert all(m.layer_config == tuple(range(6)) for m in models)
+        assert models[0].length_config is None and models[1].length_config == smallest
+        for sub in models[2:]:
+            previous = 1.0
+            for low, fraction in zip(smallest, sub.length_config):
+                assert low - 1e-4 <= fraction <= previous + 1e-4
+                previous = fraction
+            drawn.append(sub.length_config)
+    # Layer 0 is pinned at 1.0; layer 1 is uniform on [0.55, 1] (mean 0.775, sd 0.13 / sqrt(800)).
+    assert all(config[0] == 1.0 for config in drawn)
+    assert statistics.mean(c[1] for c in drawn) == pytest.approx(0.775, abs=0.015)
+    assert min(c[5] for c in drawn) < 0.25 and max(c[5] for c in drawn) > 0.6  # the whole range is drawn
+
+
+def test_configuration_above_in_token_counts():
+    rng = random.Random(1)
+    for _ in range(200):
+        counts = sample_configuration_above((200, 120, 60), 256, rng)
+        assert all(isinstance(c, int) for c in counts)
+        assert 200 <= counts[0] <= 256 and 120 <= counts[1] <= counts[0] and 60 <= counts[2] <= counts[1]
+    assert sample_configuration_above((256, 256), 256, rng) == (256, 256)

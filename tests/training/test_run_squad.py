@@ -13,7 +13,7 @@ import run_squad
 from core.models import load_model
 from training.objective import Objective, sandwich_weight, sub_models_for_step
 from training.runtime import Runtime
-from training.settings import ObjectiveSettings, SandwichSettings, group_from
+from training.settings import ObjectiveSettings, SandwichSettings, build_settings, group_from
 from training.loop import train_step
 from helpers import TINY_SQUAD_DIR, make_tiny_tokenizer, save_tiny_bert, tiny_bert_config, tiny_squad_texts
 
@@ -478,6 +478,38 @@ def test_sandwich_weights(full_weight, expected):
     got = [sandwich_weight(sandwich, i, 4) for i in range(4)]
     assert got == pytest.approx(expected)
     assert sum(got) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--length_adaptive", "--length_space", "relative", "--smallest_length_config", "[1.0, 0.5]"],
+     "--smallest_length_config: length config: expected a JSON list of 4"),
+    (["--length_adaptive", "--length_space", "relative", "--smallest_length_config", "[64, 32, 16, 8]"],
+     "--length_space relative draws sub-models as keep fractions"),
+    (["--length_adaptive", "--smallest_length_config", "[1.0, 0.5, 0.3, 0.2]"],
+     "--length_space absolute draws sub-models as token counts"),
+    (["--smallest_length_config", "[1.0, 0.5, 0.3, 0.2]"], "it needs --do_train --length_adaptive"),
+    (["--length_adaptive", "--length_space", "relative", "--layer_dropout_bound", "1",
+      "--smallest_length_config", "[1.0, 0.5, 0.3, 0.2]"], "leave out --layer_dropout_prob / --layer_dropout_bound"),
+])
+def test_smallest_length_config_is_checked_before_training(workspace, tmp_path, extra, message, capsys):
+    out = tmp_path / "o"
+    assert run(tiny_args(workspace, out, "--do_train", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_smallest_length_config_reaches_the_sandwich(workspace, tmp_path):
+    """The parsed flag becomes the sandwich's smallest sub-model; the random ones lie above it."""
+    import random
+
+    args = run_squad.build_parser().parse_args([str(a) for a in tiny_args(
+        workspace, tmp_path / "o", "--do_train", "--length_adaptive", "--length_space", "relative",
+        "--smallest_length_config", "[1.0, 0.5, 0.25, 0.25]")])
+    settings = build_settings(args)
+    assert settings.sandwich.smallest_length_config == (1.0, 0.5, 0.25, 0.25)
+    subs = sub_models_for_step(settings.sandwich, 4, random.Random(0))
+    assert subs[1].kind == "smallest" and subs[1].length_config == (1.0, 0.5, 0.25, 0.25)
+    assert all(1.0 >= s.length_config[1] >= 0.5 and s.length_config[3] >= 0.25 for s in subs[2:])
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
