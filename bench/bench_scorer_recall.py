@@ -61,11 +61,26 @@ class BilinearScorer(torch.nn.Module):
 SCORERS = {"linear": LinearScorer, "bilinear": BilinearScorer}
 
 
-def layer_inputs(model, features, rows, batch_size: int = 64) -> dict:
+SCORER_INPUTS = ("layer_input", "attention_output")
+
+
+def attention_outputs(model) -> tuple[dict, list]:
+    """Forward hooks keeping each layer's attention block output (after its LayerNorm), the
+    states a layer that selects after its attention could score instead of its input."""
+    captured, handles = {}, []
+    for index, layer in enumerate(model.bert.encoder.layer):
+        handles.append(layer.attention.register_forward_hook(
+            lambda module, args, output, index=index: captured.__setitem__(index, output[0])))
+    return captured, handles
+
+
+def layer_inputs(model, features, rows, batch_size: int = 64, scorer_input: str = "layer_input") -> dict:
     """Per dropping layer l: a list over features of (context tokens' hidden states [n, H], mean
-    of the question tokens' [H], gold answer flags [n]), from the full-length forward."""
+    of the question tokens' [H], gold answer flags [n]), from the full-length forward; the states
+    are layer l's input, or with ``scorer_input="attention_output"`` its attention block's output."""
     layers = range(1, model.config.num_hidden_layers)
     out = {layer: [] for layer in layers}
+    captured, handles = attention_outputs(model) if scorer_input == "attention_output" else ({}, [])
     with torch.no_grad():
         for i in tqdm(range(0, len(rows), batch_size), desc="hidden states", leave=False):
             r = rows[i:i + batch_size]
@@ -81,10 +96,12 @@ def layer_inputs(model, features, rows, batch_size: int = 64) -> dict:
             targets = gold_answer_tokens(features.start_positions[r], features.end_positions[r], width)
             weights = question.float().unsqueeze(-1)
             for layer in layers:
-                h = hidden[layer]
+                h = captured[layer] if captured else hidden[layer]
                 mean_question = (h * weights).sum(1) / weights.sum(1).clamp(min=1)
                 for b in range(len(r)):
                     out[layer].append((h[b][context[b]], mean_question[b], targets[b][context[b]]))
+    for handle in handles:
+        handle.remove()
     return out
 
 
@@ -136,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--test_questions", type=int, default=800, help="the questions after the fitted ones")
     p.add_argument("--fractions", default="0.5,0.3,0.15", help="context fractions kept, comma list")
     p.add_argument("--scorers", default="linear,bilinear")
+    p.add_argument("--scorer_input", default="layer_input", choices=SCORER_INPUTS,
+                   help="the states scored at layer l: its input (the model's), or its attention block's "
+                   "output (what a layer selecting after its attention could score)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--max_seq_length", type=int, default=256)
     p.add_argument("--doc_stride", type=int, default=128)
@@ -162,8 +182,10 @@ def main(argv=None) -> int:
         cache_dir=a.cache_dir, max_examples=a.fit_questions + a.test_questions)
     model = load_model(a.model).eval()
     example = features.example_index
-    fitted = layer_inputs(model, features, (example < a.fit_questions).nonzero().squeeze(1))
-    tested = layer_inputs(model, features, (example >= a.fit_questions).nonzero().squeeze(1))
+    fitted = layer_inputs(model, features, (example < a.fit_questions).nonzero().squeeze(1),
+                          scorer_input=a.scorer_input)
+    tested = layer_inputs(model, features, (example >= a.fit_questions).nonzero().squeeze(1),
+                          scorer_input=a.scorer_input)
     rows = []
     for layer in fitted:
         for kind in kinds:
@@ -177,7 +199,8 @@ def main(argv=None) -> int:
                 for f, r in row["keep"].items()) + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     files.atomic_write_json(a.output, {
         "command": "python -m bench.bench_scorer_recall " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine.machine_info(), "model": a.model, "fit_questions": a.fit_questions,
+        "machine": machine.machine_info(), "model": a.model, "scorer_input": a.scorer_input,
+        "fit_questions": a.fit_questions,
         "test_questions": a.test_questions, "rows": rows})
     return 0
 

@@ -117,6 +117,29 @@ def test_scorer_recall_by_hand():
     assert bench_scorer_recall.recall(FixedScores(), data, 1.0)["answers_with_both_ends"] == 1.0
 
 
+def test_scorer_recall_attention_outputs_are_what_the_feed_forward_block_reads():
+    """The captured attention output of layer l, through layer l's feed-forward block, gives the
+    model's hidden state after layer l: it is the tensor a layer selecting after its attention
+    would score."""
+    from bench import bench_scorer_recall
+    from helpers import tiny_bert_config
+    from modeling_bert import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_bert_config(60, num_hidden_layers=3)).eval()
+    ids = torch.randint(5, 60, (2, 12))
+    captured, handles = bench_scorer_recall.attention_outputs(model)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for index, layer in enumerate(model.bert.encoder.layer):
+            attention = captured[index]
+            assert not torch.allclose(attention, hidden[index])  # not the layer's input
+            torch.testing.assert_close(layer.output(layer.intermediate(attention), attention), hidden[index + 1])
+    for handle in handles:
+        handle.remove()
+    assert not model.bert.encoder.layer[0].attention._forward_hooks
+
+
 def test_each_timed_run_starts_after_the_settling_pause(monkeypatch):
     """time_systems: every timed run of every round follows a pause (the previous runtime's
     spinning threads idle by then), and warm-up runs are not timed."""
