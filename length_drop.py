@@ -323,10 +323,23 @@ def _executed_lengths(num_hidden_layers, seq_length, length_config, layer_config
 
 def _scorer_macs_per_token(config) -> int:
     hidden = config.hidden_size
-    if getattr(config, "token_scorer", "linear") == "mlp":
+    kind = getattr(config, "token_scorer", "linear")
+    if kind == "mlp":
         width = hidden // 4
         return hidden * width + width + activation_macs_per_element("gelu") * width
+    if kind == "bilinear":  # linear, the question mean's masking product, the token's projection and
+        from modeling_bert import BILINEAR_RANK  # its product with the question's
+        return 2 * hidden + hidden * BILINEAR_RANK + BILINEAR_RANK
     return hidden
+
+
+def _scorer_macs_per_sequence(config) -> int:
+    """The bilinear scorer's question side: the projection of the question's mean state, once per
+    selecting layer and sequence (the masked sum behind the mean is counted per token)."""
+    if getattr(config, "token_scorer", "linear") != "bilinear":
+        return 0
+    from modeling_bert import BILINEAR_RANK
+    return config.hidden_size * BILINEAR_RANK
 
 
 def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None = None,
@@ -349,11 +362,12 @@ def analytic_macs(config, seq_length: int, length_config: Sequence[int] | None =
     learned = (getattr(config, "drop_criterion", None) or "attention") == "learned"
     before = learned and bool(getattr(config, "select_before_attention", False))
     scorer = _scorer_macs_per_token(config) if learned else 0
+    per_sequence = _scorer_macs_per_sequence(config) if learned else 0
     macs = seq_length * hidden  # embedding LayerNorm
     for _, n_in, kept in _executed_lengths(config.num_hidden_layers, seq_length, length_config, layer_config):
         selects = kept < n_in
         attended = kept if before and selects else n_in
-        macs += scorer * n_in if selects else 0
+        macs += (scorer * n_in + per_sequence) if selects else 0
         macs += 4 * attended * hidden * hidden + 2 * attended * attended * hidden + attended * hidden
         macs += kept * (2 * hidden * inter + act * inter + hidden)
     macs += seq_length * hidden * config.num_labels  # QA head

@@ -13,7 +13,10 @@ Re-implementation, for current torch/transformers, of the Length-Adaptive Transf
 * ``config.drop_criterion = "learned"`` (an extension, not the paper's): each layer ranks tokens by
   a small learned scorer on its input hidden states (``TokenScorer``, trained to find the answer's
   tokens) instead of the attention they receive; [CLS], the question and the [SEP]s are never
-  dropped. With ``config.select_before_attention`` the layer selects before its attention too.
+  dropped. With ``config.select_before_attention`` the layer selects before its attention too;
+  with ``config.token_scorer_input = "attention_output"`` the scorer reads the layer's attention
+  output instead of its input (after the attention, before the feed-forward block).
+  ``config.token_scorer = "bilinear"`` scores with the question's mean state as well.
   Instead of a count, ``keep_thresholds`` lets each example keep, at each layer, the tokens its
   scorer puts above a probability (``forward``; eager evaluation only: the counts depend on
   the data).
@@ -56,7 +59,12 @@ MASK_VALUE = -10000.0
 _CHUNK_SCORES = 2 * 1024 * 1024
 # How a layer ranks the tokens it may drop (DROP_CRITERIA, core.checks): the attention they receive
 # (the paper's) or a scorer of one of these kinds, its weights in SCORERS_FILE.
-TOKEN_SCORERS = ("linear", "mlp")
+TOKEN_SCORERS = ("linear", "mlp", "bilinear")
+# What a scorer reads: the layer's input (selection can then come before the attention too) or the
+# layer's attention output (one more mixing with the question; the layer then selects after its
+# attention, before the feed-forward block, as the paper's criterion does).
+TOKEN_SCORER_INPUTS = ("layer_input", "attention_output")
+BILINEAR_RANK = 64  # the question-aware scorer's rank (bench/bench_scorer_recall.py measured it)
 SCORERS_PREFIX = "bert.encoder.token_scorers."
 
 
@@ -77,6 +85,7 @@ class QAOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
     attention_scores: tuple[torch.Tensor, ...] | None = None
     kept_counts: torch.Tensor | None = None  # [B, layers] under keep_thresholds: tokens each example kept
+    scorer_states: tuple[torch.Tensor, ...] | None = None  # per layer, what its token scorer reads (full length)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class ForwardOptions:
     count_padding_queries: bool = False
     select_before_attention: bool = False         # learned criterion: select before the attention too
     keep_thresholds: tuple[float, ...] | None = None  # learned criterion: keep scorer probabilities above these
+    output_scorer_states: bool = False            # learned criterion: return what each scorer reads
 
 
 @dataclass
@@ -101,6 +111,7 @@ class EncoderOutput:
     attentions: tuple[torch.Tensor, ...] | None
     attention_scores: tuple[torch.Tensor, ...] | None
     kept_counts: torch.Tensor | None = None
+    scorer_states: tuple[torch.Tensor, ...] | None = None
 
 
 def _flat_rows(index: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -186,26 +197,67 @@ def protected_tokens(attention_mask: torch.Tensor | None, token_type_ids: torch.
     return protected.scatter(1, last, torch.ones_like(last, dtype=torch.bool))
 
 
+def question_tokens(attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None,
+                    input_ids: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: the question's tokens and its [SEP] (the real tokens of segment 0 after
+    [CLS]), which the ``bilinear`` scorer averages to know what is asked."""
+    real = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask != 0)
+    question = real if token_type_ids is None else (token_type_ids == 0) & real
+    return question & (torch.arange(input_ids.size(1), device=input_ids.device) > 0)
+
+
 class TokenScorer(nn.Module):
     """The learned drop criterion of one layer: a logit per token, from the layer's input hidden
-    states, of "this token is needed by the answer" (trained on the gold span or the full model's
-    own span distributions, ``training.distillation.token_scorer_loss``). ``linear``: one linear
-    layer; ``mlp``: hidden -> hidden/4 -> GELU -> 1."""
+    states (or its attention output, ``config.token_scorer_input``), of "this token is needed by
+    the answer" (trained on the gold span or the full model's own span distributions,
+    ``training.distillation.token_scorer_loss``). ``linear``: one linear layer; ``mlp``: hidden ->
+    hidden/4 -> GELU -> 1; ``bilinear``: linear plus ``(P h) . (Q q)`` of rank ``BILINEAR_RANK``,
+    ``q`` the mean of the question tokens' states (a scorer that sees what is asked)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        kind = getattr(config, "token_scorer", "linear")
-        if kind not in TOKEN_SCORERS:
-            raise ValueError(f"config.token_scorer must be one of {TOKEN_SCORERS}, got {kind!r}")
+        self.kind = getattr(config, "token_scorer", "linear")
+        if self.kind not in TOKEN_SCORERS:
+            raise ValueError(f"config.token_scorer must be one of {TOKEN_SCORERS}, got {self.kind!r}")
+        self.reads_attention_output = token_scorer_input_of(config) == "attention_output"
         hidden = config.hidden_size
-        self.net = (nn.Linear(hidden, 1) if kind == "linear" else
-                    nn.Sequential(nn.Linear(hidden, hidden // 4), nn.GELU(), nn.Linear(hidden // 4, 1)))
+        if self.kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(hidden, hidden // 4), nn.GELU(), nn.Linear(hidden // 4, 1))
+        else:
+            self.net = nn.Linear(hidden, 1)
+        if self.kind == "bilinear":
+            self.token_projection = nn.Linear(hidden, BILINEAR_RANK, bias=False)
+            self.question_projection = nn.Linear(hidden, BILINEAR_RANK)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_question(self) -> bool:
+        return self.kind == "bilinear"
+
+    def forward(self, hidden: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, n]``; ``question [B, n]`` (bool, ``question_tokens``) for the bilinear kind."""
         # float32 under bf16/fp16 autocast too: the top-k picks by these scores, and half precision
         # would make near ties (and so the kept tokens) depend on rounding; the head is tiny
         with torch.autocast(hidden.device.type, enabled=False):
-            return self.net(hidden.float()).squeeze(-1)
+            hidden = hidden.float()
+            logits = self.net(hidden).squeeze(-1)
+            if self.kind == "bilinear":
+                weights = question.unsqueeze(-1).float()
+                asked = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, H]
+                logits = logits + (self.token_projection(hidden) * self.question_projection(asked).unsqueeze(1)).sum(-1)
+            return logits
+
+
+def token_scorer_input_of(config) -> str:
+    """What the token scorers read (``TOKEN_SCORER_INPUTS``); ``attention_output`` cannot go with
+    selecting before the attention, which has no attention output yet to score."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
+    reads = get("token_scorer_input") or "layer_input"
+    if reads not in TOKEN_SCORER_INPUTS:
+        raise ValueError(f"config.token_scorer_input must be one of {TOKEN_SCORER_INPUTS}, got {reads!r}")
+    if reads == "attention_output" and get("select_before_attention"):
+        raise ValueError("config.token_scorer_input 'attention_output' cannot go with select_before_attention "
+                         "(selecting before the attention leaves no attention output to score)")
+    return reads
 
 
 def drop_criterion_of(config) -> str:
@@ -409,6 +461,7 @@ class LayerResult:
     probs: torch.Tensor | None
     scores: torch.Tensor | None
     within: torch.Tensor | None = None   # [B, k]: kept slots within their example's own count
+    scored: torch.Tensor | None = None   # [B, n, H]: what the scorer read (options.output_scorer_states)
 
 
 class BertLayer(nn.Module):
@@ -422,15 +475,19 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, keep: int | None, *,
                 options: ForwardOptions, scorer: TokenScorer | None = None,
-                protected: torch.Tensor | None = None, example_keep: torch.Tensor | None = None,
-                threshold: float | None = None) -> LayerResult:
-        """``scorer``: the learned criterion ranks the tokens (``protected`` ones always kept);
-        None: the attention they receive. ``example_keep [B]``: each example's own count (a keep
-        fraction of its own length); the batch keeps ``keep``, its largest. ``threshold`` (with a
-        scorer, instead of ``keep``): each example keeps its tokens of scorer probability above it."""
+                protected: torch.Tensor | None = None, question: torch.Tensor | None = None,
+                example_keep: torch.Tensor | None = None, threshold: float | None = None) -> LayerResult:
+        """``scorer``: the learned criterion ranks the tokens (``protected`` ones always kept;
+        ``question`` marks the question's tokens for a scorer that reads them); None: the attention
+        they receive. ``example_keep [B]``: each example's own count (a keep fraction of its own
+        length); the batch keeps ``keep``, its largest. ``threshold`` (with a scorer, instead of
+        ``keep``): each example keeps its tokens of scorer probability above it."""
+        if scorer is not None and scorer.reads_attention_output:
+            return self._forward_scoring_attention_output(hidden, real_tokens, keep, options, scorer, protected,
+                                                          question, example_keep, threshold)
         significance = None
         if threshold is not None:
-            significance = learned_significance(scorer(hidden), real_tokens, protected)
+            significance = learned_significance(scorer(hidden, question), real_tokens, protected)
             keep, example_keep = _threshold_counts(significance, threshold, real_tokens)
         # A shape comparison, not a tensor value: fixed for a fixed configuration and input size.
         drops, keep = _drop_decision(keep, hidden.size(1))
@@ -439,9 +496,10 @@ class BertLayer(nn.Module):
             drops = example_keep is not None
         if not drops:
             example_keep = None
+        scored = hidden if scorer is not None and options.output_scorer_states else None
         if drops and scorer is not None:
             if significance is None:
-                significance = learned_significance(scorer(hidden), real_tokens, protected)
+                significance = learned_significance(scorer(hidden, question), real_tokens, protected)
             kept, dropped, within = select_tokens(significance, keep, options.always_keep_cls_token, example_keep)
             if options.select_before_attention:  # attention, too, runs on the kept tokens only
                 hidden = gather_tokens(hidden, kept)
@@ -461,7 +519,29 @@ class BertLayer(nn.Module):
                                                       example_keep)
                 attention_output = gather_tokens(attention_output, kept)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return LayerResult(layer_output, kept, dropped, probs, scores, within)
+        return LayerResult(layer_output, kept, dropped, probs, scores, within, scored)
+
+    def _forward_scoring_attention_output(self, hidden, real_tokens, keep, options: ForwardOptions,
+                                          scorer: TokenScorer, protected, question, example_keep,
+                                          threshold) -> LayerResult:
+        """The learned criterion on the attention block's output: attention on every token, then
+        the scorer ranks the attention outputs and the feed-forward block runs on the kept ones."""
+        attention_output, probs, scores, _ = self.attention(hidden, real_tokens, options=options,
+                                                            need_significance=False)
+        scored = attention_output if options.output_scorer_states else None
+        drops, keep = _drop_decision(keep, hidden.size(1))
+        significance = None
+        if threshold is not None or drops:
+            significance = learned_significance(scorer(attention_output, question), real_tokens, protected)
+        if threshold is not None:
+            keep, example_keep = _threshold_counts(significance, threshold, real_tokens)
+            drops = example_keep is not None
+        kept = dropped = within = None
+        if drops:
+            kept, dropped, within = select_tokens(significance, keep, options.always_keep_cls_token, example_keep)
+            attention_output = gather_tokens(attention_output, kept)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return LayerResult(layer_output, kept, dropped, probs, scores, within, scored)
 
 
 def _threshold_counts(significance: torch.Tensor, threshold: float, real_tokens: torch.Tensor | None):
@@ -502,7 +582,7 @@ class BertEncoder(nn.Module):
 
     def forward(self, hidden: torch.Tensor, real_tokens: torch.Tensor | None, *,
                 options: ForwardOptions, protected: torch.Tensor | None = None,
-                example_keep: torch.Tensor | None = None) -> EncoderOutput:
+                question: torch.Tensor | None = None, example_keep: torch.Tensor | None = None) -> EncoderOutput:
         """Run the layers with Drop-and-Restore.
 
         ``positions [B, n]`` maps the current tokens to input positions (None: identity).
@@ -527,14 +607,18 @@ class BertEncoder(nn.Module):
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if options.output_attentions else None
         all_scores = [] if options.output_attention_scores else None
+        all_scored = [] if options.output_scorer_states and self.token_scorers is not None else None
         for index, layer in enumerate(self.layer):
             if options.layers_to_run is None or index in options.layers_to_run:
                 keep = None if options.length_config is None else options.length_config[index]
                 scorer = None if self.token_scorers is None else self.token_scorers[index]
                 threshold = None if thresholds is None or thresholds[index] == 0 else thresholds[index]
                 result = layer(hidden, real_tokens, keep, options=options, scorer=scorer, protected=protected,
+                               question=question,
                                example_keep=None if example_keep is None else example_keep[:, index],
                                threshold=threshold)
+                if all_scored is not None:
+                    all_scored.append(result.scored)
                 if alive is not None and result.within is not None:
                     alive = result.within.sum(dim=1)
                 layer_input = hidden
@@ -550,6 +634,8 @@ class BertEncoder(nn.Module):
                         real_tokens = real_tokens.gather(1, result.kept)
                     if protected is not None:
                         protected = protected.gather(1, result.kept)
+                    if question is not None:
+                        question = question.gather(1, result.kept)
                     layer_input = gather_tokens(layer_input, result.kept)
                     if frozen is not None:
                         frozen = frozen.gather(1, result.kept)
@@ -579,6 +665,7 @@ class BertEncoder(nn.Module):
             tuple(all_probs) if all_probs is not None else None,
             tuple(all_scores) if all_scores is not None else None,
             None if kept_counts is None else torch.stack(kept_counts, dim=1),
+            None if all_scored is None else tuple(all_scored),
         )
 
 
@@ -675,13 +762,16 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         return_dict: bool = True,
         always_keep_cls_token: bool | None = None,
         keep_thresholds: Sequence[float] | None = None,
+        output_scorer_states: bool = False,
     ) -> QAOutput | tuple:
         """Span logits for every input position. ``length_config[i]``: tokens kept by layer i,
         absolute (out of the padded length; capped at the tokens the layer receives) or a keep
         fraction of each example's own real length (``length_drop.resolve_length_config``).
         ``keep_thresholds[i]`` (learned criterion, instead of a length configuration): layer i
         keeps each example's tokens of scorer probability above it (0: keeps all); the output's
-        ``kept_counts [B, layers]`` says how many each example kept."""
+        ``kept_counts [B, layers]`` says how many each example kept. ``output_scorer_states``
+        (learned criterion): the output's ``scorer_states`` holds, per executed layer, the states
+        its token scorer reads (its input or its attention output), as the layer received them."""
         keep_thresholds = self._checked_keep_thresholds(keep_thresholds, length_config)
         length_config = self.length_config if length_config is None else self._checked_length_config(length_config)
         if keep_thresholds is not None:
@@ -701,13 +791,16 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             output_attention_scores=output_attention_scores, always_keep_cls_token=always_keep_cls_token,
             count_padding_queries=bool(getattr(self.config, "count_padding_queries", False)),
             select_before_attention=bool(getattr(self.config, "select_before_attention", False)),
-            keep_thresholds=keep_thresholds)
+            keep_thresholds=keep_thresholds, output_scorer_states=output_scorer_states)
+        scorers = self.bert.encoder.token_scorers
         selects = length_config is not None or keep_thresholds is not None
-        protected = (None if self.bert.encoder.token_scorers is None or not selects else
+        protected = (None if scorers is None or not selects else
                      protected_tokens(attention_mask, token_type_ids, input_ids))  # only selection reads it
+        question = (question_tokens(attention_mask, token_type_ids, input_ids)
+                    if scorers is not None and scorers[0].reads_question and selects else None)
         embeddings = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         encoded = self.bert.encoder(embeddings, real_tokens_of(attention_mask), options=options,
-                                    protected=protected, example_keep=example_keep)
+                                    protected=protected, question=question, example_keep=example_keep)
 
         logits = self.qa_outputs(encoded.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
@@ -716,7 +809,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         loss = self._span_loss(start_logits, end_logits, start_positions, end_positions)
 
         output = QAOutput(loss, start_logits, end_logits, encoded.hidden_states,
-                          encoded.attentions, encoded.attention_scores, encoded.kept_counts)
+                          encoded.attentions, encoded.attention_scores, encoded.kept_counts, encoded.scorer_states)
         return output if return_dict else output.to_tuple()
 
     @property
@@ -757,6 +850,12 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 raise ValueError(f"{path}: holds {sorted(set(state) ^ expected)[:4]} against the config's "
                                  f"{model.config.num_hidden_layers} {getattr(model.config, 'token_scorer', 'linear')} "
                                  f"token scorers")
+            saved_input = token_scorer_input_of(_folder_config(folder))
+            if saved_input != token_scorer_input_of(model.config):
+                raise ValueError(f"{path}: these scorers were trained on each layer's {saved_input.replace('_', ' ')}; "
+                                 f"the config asks for scorers reading the "
+                                 f"{token_scorer_input_of(model.config).replace('_', ' ')} (fit new ones from the "
+                                 f"backbone alone, or keep the folder's token_scorer_input)")
             model.load_state_dict(state, strict=False)
         elif _folder_criterion(folder) == "learned":
             raise ValueError(f"{folder}: config.json says drop_criterion 'learned' but {SCORERS_FILE} is missing")
@@ -779,8 +878,13 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         return (start_loss + end_loss) / 2
 
 
-def _folder_criterion(folder: Path) -> str | None:
+def _folder_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "config.json").read_text()).get("drop_criterion")
-    except (OSError, ValueError, AttributeError):
-        return None
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _folder_criterion(folder: Path) -> str | None:
+    return _folder_config(folder).get("drop_criterion")

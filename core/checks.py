@@ -102,14 +102,19 @@ SCORERS_FILE = "token_scorers.safetensors"  # the learned criterion's scorers, b
 def token_selection(config) -> dict:
     """How the model chooses the tokens a layer keeps, from its config (a ``BertConfig`` or
     config.json's dict): ``{"drop_criterion": "attention" | "learned", "select_before_attention":
-    bool}``. What a length menu, a search and an ONNX file record, so that one made with one
+    bool}``, plus ``"token_scorer_input": "attention_output"`` for scorers reading that. What a length menu, a search and an ONNX file record, so that one made with one
     criterion is never used with the other."""
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name, None)
     criterion = get("drop_criterion") or "attention"
     if criterion not in DROP_CRITERIA:
         raise ValueError(f"config.drop_criterion must be one of {DROP_CRITERIA}, got {criterion!r}")
-    return {"drop_criterion": criterion,
-            "select_before_attention": criterion == "learned" and bool(get("select_before_attention"))}
+    selection = {"drop_criterion": criterion,
+                 "select_before_attention": criterion == "learned" and bool(get("select_before_attention"))}
+    # Recorded only where it differs from the scorers' original input, so records written before
+    # the option existed still compare equal.
+    if criterion == "learned" and (get("token_scorer_input") or "layer_input") != "layer_input":
+        selection["token_scorer_input"] = get("token_scorer_input")
+    return selection
 
 
 def weight_files(folder, config: dict) -> list[Path]:
@@ -123,6 +128,8 @@ def weight_files(folder, config: dict) -> list[Path]:
 def describe_selection(selection: dict) -> str:
     """``token_selection``'s dict in words, for error messages."""
     words = f"the {selection['drop_criterion']} drop criterion"
+    if selection.get("token_scorer_input", "layer_input") != "layer_input":
+        words += f" (scorers reading the {selection['token_scorer_input'].replace('_', ' ')})"
     return words + " (selecting before attention)" if selection.get("select_before_attention") else words
 
 

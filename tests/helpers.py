@@ -105,23 +105,24 @@ def seed_cache(cache, folder, length_config=None, int8: bool = False) -> None:
             shutil.copyfile(path, cache / path.name)
 
 
-def save_learned_tiny_bert(root, tok, before: bool = False) -> Path:
+def save_learned_tiny_bert(root, tok, before: bool = False, name: str | None = None, **options) -> Path:
     """A tiny 3-layer model with the learned criterion, its scorers drawn wide at random (so that
     their ranking, not ties, decides what is kept), saved as run_squad.py saves one in
-    ``root/("before" if before else "learned")``; the same weights without scorers in ``root/plain``."""
+    ``root/name`` (default ``"before"`` or ``"learned"``); the same weights without scorers in
+    ``root/plain``. ``options``: more config entries (``token_scorer``, ``token_scorer_input``)."""
     import torch
 
     from modeling_bert import BertForQuestionAnswering
 
     config = tiny_bert_config(len(tok), num_hidden_layers=3, max_position_embeddings=128)
     plain = save_tiny_bert(root / "plain", config, seed=3, tokenizer=tok)
-    config.update({"drop_criterion": "learned", "select_before_attention": before})
+    config.update({"drop_criterion": "learned", "select_before_attention": before, **options})
     model = BertForQuestionAnswering.from_pretrained(str(plain), config=config)
     torch.manual_seed(5)
     with torch.no_grad():
         for p in model.bert.encoder.token_scorers.parameters():
             p.normal_(0, 0.5)
-    folder = root / ("before" if before else "learned")
+    folder = root / (name or ("before" if before else "learned"))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -158,8 +158,12 @@ def add_length_args(g) -> None:
       help="how a dropping layer ranks tokens: the attention they receive (the paper's) or learned token "
       "scorers on the layer's input (an extension; [CLS], the question and the [SEP]s are never dropped); "
       "recorded in the checkpoint's config. Default: the checkpoint's own (attention for the paper's)")
-    a("--token_scorer", default="linear", choices=["linear", "mlp"],
-      help="the learned scorers' form when the model has none yet: one linear layer, or hidden/4 -> GELU -> 1")
+    a("--token_scorer", default="linear", choices=["linear", "mlp", "bilinear"],
+      help="the learned scorers' form when the model has none yet: one linear layer, hidden/4 -> GELU -> 1, "
+      "or linear plus a rank-64 product with the question's mean state (bilinear)")
+    a("--token_scorer_input", default="layer_input", choices=["layer_input", "attention_output"],
+      help="what the learned scorers read when the model has none yet: each layer's input, or its attention "
+      "output (the layer then selects after its attention, before its feed-forward block)")
     a("--select_before_attention", action="store_true",
       help="learned criterion: select a layer's tokens before its attention too (fewer attention MACs)")
     a("--train_token_scorers_only", action="store_true",

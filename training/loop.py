@@ -44,6 +44,7 @@ def train_step(precision: str, sandwich: SandwichSettings, model, objective: Obj
             with autocast_context(precision, runtime.device):
                 outputs = model(**inputs, length_config=sub.length_config, layer_config=sub.layer_config,
                                 output_hidden_states=(i == 0 and objective.needs_hidden_states),
+                                output_scorer_states=(i == 0 and objective.trains_token_scorers),
                                 output_attentions=(i == 0 and objective.needs_attention_probs),
                                 output_attention_scores=(i == 0 and objective.needs_attention_scores))
                 outputs = objective.span_outputs(outputs, inputs)

@@ -55,7 +55,7 @@ class Objective:
 
     @property
     def needs_hidden_states(self) -> bool:
-        return self.settings.state_loss_ratio > 0 or self.trains_token_scorers
+        return self.settings.state_loss_ratio > 0
 
     @property
     def needs_attention_scores(self) -> bool:
@@ -89,10 +89,11 @@ class Objective:
         return loss, terms
 
     def token_scorer_loss(self, model, outputs, inputs) -> torch.Tensor:
-        """Each layer's scorer on that layer's input hidden states, against the gold span's tokens
-        or the model's own span distributions (``--token_scorer_targets``), over the context's real
-        tokens (the protected ones, [CLS], question and [SEP]s, are never dropped)."""
-        from modeling_bert import protected_tokens
+        """Each layer's scorer on what it reads at full length (the layer's input or its attention
+        output: the outputs' ``scorer_states``), against the gold span's tokens or the model's own
+        span distributions (``--token_scorer_targets``), over the context's real tokens (the
+        protected ones, [CLS], question and [SEP]s, are never dropped)."""
+        from modeling_bert import protected_tokens, question_tokens
 
         scorers = unwrap(model).bert.encoder.token_scorers
         mask, types = inputs["attention_mask"], inputs["token_type_ids"]
@@ -104,7 +105,8 @@ class Objective:
         else:
             targets = distillation.gold_answer_tokens(inputs["start_positions"], inputs["end_positions"],
                                                       mask.size(1))
-        logits = [scorer(hidden) for scorer, hidden in zip(scorers, outputs.hidden_states)]
+        question = question_tokens(mask, types, inputs["input_ids"])
+        logits = [scorer(states, question) for scorer, states in zip(scorers, outputs.scorer_states)]
         return distillation.token_scorer_loss(logits, targets, counted)
 
     def step_loss(self, model, outputs, teacher_out) -> tuple[torch.Tensor, dict]:

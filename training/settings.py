@@ -35,6 +35,7 @@ class ModelSettings:
     length_config: tuple[int, ...] | None  # parsed --length_config; None: full length
     drop_criterion: str | None             # "attention" or "learned"; None: the checkpoint's own
     token_scorer: str                      # the learned scorers' form, for a model without them yet
+    token_scorer_input: str                # what they read ("layer_input" or "attention_output")
     select_before_attention: bool
 
     @property
@@ -43,6 +44,8 @@ class ModelSettings:
         overrides = {} if self.drop_criterion is None else {"drop_criterion": self.drop_criterion}
         if self.drop_criterion == "learned":
             overrides["token_scorer"] = self.token_scorer
+            if self.token_scorer_input != "layer_input":
+                overrides["token_scorer_input"] = self.token_scorer_input
         if self.select_before_attention:
             overrides["select_before_attention"] = True
         return overrides
@@ -492,6 +495,13 @@ def check_drop_criterion_flags(args, checkpoint_criterion: str) -> str:
         if args.teacher_model_name_or_path or args.length_adaptive:
             raise UsageError("--train_token_scorers_only fits the scorers on a frozen model: drop "
                              "--teacher_model_name_or_path / --length_adaptive (the backbone does not train)")
+    if args.token_scorer_input != "layer_input":
+        if criterion != "learned":
+            raise UsageError(f"--token_scorer_input {args.token_scorer_input} needs the learned drop criterion: give "
+                             f"--drop_criterion learned (the model's is {criterion!r})")
+        if args.select_before_attention:
+            raise UsageError("--token_scorer_input attention_output cannot go with --select_before_attention "
+                             "(selecting before the attention leaves no attention output to score)")
     if args.token_scorer_loss_ratio is not None and not args.token_scorer_loss_ratio >= 0:
         raise UsageError(f"--token_scorer_loss_ratio must be >= 0, got {args.token_scorer_loss_ratio}")
     return criterion

@@ -29,7 +29,8 @@ METADATA_PREFIX = "dynamic_tinybert."
 # 2: the metadata records the weights' hash and the library versions.
 # 3: fused for ONNX Runtime (MultiHeadAttention, SkipLayerNormalization, BiasGelu).
 # 4: the metadata records the graph's sha256 and, for int8, the quantisation settings.
-# 5: the metadata records the token selection (drop criterion, selecting before attention).
+# 5: the metadata records the token selection (drop criterion, selecting before attention; and
+#    later, what the scorers read, absent meaning the layer's input as before).
 EXPORT_FORMAT_VERSION = 5
 
 
@@ -49,10 +50,14 @@ class OnnxMetadata:
     graph_sha256: str | None = None   # sha256 of the serialized graph (set by ``set_metadata``)
     drop_criterion: str = "attention"  # core.checks.token_selection of the exported model
     select_before_attention: bool = False
+    token_scorer_input: str = "layer_input"  # absent from files written before the option: their scorers' input
 
     @property
     def selection(self) -> dict:
-        return {"drop_criterion": self.drop_criterion, "select_before_attention": self.select_before_attention}
+        selection = {"drop_criterion": self.drop_criterion, "select_before_attention": self.select_before_attention}
+        if self.token_scorer_input != "layer_input":
+            selection["token_scorer_input"] = self.token_scorer_input
+        return selection
 
     def to_props(self) -> dict[str, str]:
         config = None if self.length_config is None else list(self.length_config)
@@ -69,6 +74,7 @@ class OnnxMetadata:
                 METADATA_PREFIX + "precision": self.precision,
                 METADATA_PREFIX + "drop_criterion": self.drop_criterion,
                 METADATA_PREFIX + "select_before_attention": json.dumps(self.select_before_attention),
+                METADATA_PREFIX + "token_scorer_input": self.token_scorer_input,
                 METADATA_PREFIX + "format_version": str(EXPORT_FORMAT_VERSION)}
 
     @classmethod
@@ -85,7 +91,8 @@ class OnnxMetadata:
                    int(get("hidden_size")), int(get("vocab_size")), int(get("max_position_embeddings")),
                    get("weights_sha256"), get("made_with"), get("precision"),
                    props.get(METADATA_PREFIX + "int8_settings"), get("graph_sha256"), get("drop_criterion"),
-                   json.loads(get("select_before_attention")) is True)
+                   json.loads(get("select_before_attention")) is True,
+                   props.get(METADATA_PREFIX + "token_scorer_input", "layer_input"))
 
 
 class OldFormatError(ValueError):

@@ -80,6 +80,88 @@ def test_selection_matches_transformers_on_the_kept_tokens(before):
     torch.testing.assert_close(ours.start_logits[0, dropped], head[0, dropped, 0], atol=1e-5, rtol=1e-5)
 
 
+def transformers_attention_outputs(twin, ids):
+    """Each layer's attention block output in transformers' own BERT at full length (hooks)."""
+    captured = {}
+    handles = [layer.attention.register_forward_hook(
+        lambda module, args, output, index=index: captured.__setitem__(index, output[0]))
+        for index, layer in enumerate(twin.bert.encoder.layer)]
+    with torch.no_grad():
+        logits = twin(input_ids=ids, token_type_ids=TYPES).start_logits
+    for handle in handles:
+        handle.remove()
+    return captured, logits
+
+
+def hand_scores(scorer, states):
+    """A linear or bilinear scorer's logits on ``states [L, H]``, by hand: ``w . h + b``, plus
+    ``(P h) . (Q q + c)`` with ``q`` the mean of the question's states (positions 1-5: the question
+    and its [SEP])."""
+    scores = states @ scorer.net.weight[0] + scorer.net.bias[0]
+    if scorer.kind == "bilinear":
+        asked = states[1:6].mean(dim=0)
+        question = scorer.question_projection.weight @ asked + scorer.question_projection.bias
+        scores = scores + (states @ scorer.token_projection.weight.T) @ question
+    return scores
+
+
+@pytest.mark.parametrize("kind, reads", [("linear", "attention_output"), ("bilinear", "layer_input"),
+                                         ("bilinear", "attention_output")])
+def test_scorer_kinds_and_inputs_keep_the_hand_ranked_tokens(kind, reads):
+    """One layer keeping 10 of 16 tokens, selecting after its attention: the kept tokens are the
+    protected ones and the context tokens of highest score, computed by hand on transformers' own
+    embeddings or attention output; their logits are transformers' at full length, the dropped
+    tokens' the head on their embedding."""
+    model = learned_model(token_scorer=kind, token_scorer_input=reads)
+    ids = torch.randint(5, 120, (1, L))
+    twin = transformers_twin(model)
+    attention, theirs = transformers_attention_outputs(twin, ids)
+    with torch.no_grad():
+        embedded = twin.bert.embeddings(input_ids=ids, token_type_ids=TYPES)[0]
+        states = attention[0][0] if reads == "attention_output" else embedded
+        scores = hand_scores(model.bert.encoder.token_scorers[0], states)
+        ours = model(ids, torch.ones_like(ids), TYPES, length_config=[10])
+        head = model.qa_outputs(embedded)[:, 0]
+    protected = [i for i in range(L) if TYPES[0, i] == 0 or i == L - 1]
+    context = sorted((i for i in range(L) if i not in protected), key=lambda i: -float(scores[i]))
+    kept = sorted(protected + context[:10 - len(protected)])
+    dropped = [i for i in range(L) if i not in kept]
+    torch.testing.assert_close(ours.start_logits[0, kept], theirs[0, kept], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.start_logits[0, dropped], head[dropped], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reads", ["layer_input", "attention_output"])
+def test_scorer_states_are_what_each_scorer_reads(reads):
+    """``output_scorer_states`` (what the scorers' training loss ranks) at full length: each layer's
+    input, or transformers' attention output of that layer."""
+    model = learned_model(num_hidden_layers=2, token_scorer_input=reads)
+    ids = torch.randint(5, 120, (1, L))
+    attention, _ = transformers_attention_outputs(transformers_twin(model), ids)
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), TYPES, output_scorer_states=True, output_hidden_states=True)
+    for layer in range(2):
+        want = attention[layer] if reads == "attention_output" else out.hidden_states[layer]
+        torch.testing.assert_close(out.scorer_states[layer], want, atol=1e-5, rtol=1e-5)
+
+
+def test_scorer_input_is_recorded_and_a_mismatch_refused(tmp_path):
+    from core.checks import describe_selection, token_selection
+
+    model = learned_model(token_scorer_input="attention_output")
+    selection = token_selection(model.config)
+    assert selection == {"drop_criterion": "learned", "select_before_attention": False,
+                         "token_scorer_input": "attention_output"}
+    assert token_selection({"drop_criterion": "learned"}) == {"drop_criterion": "learned",
+                                                              "select_before_attention": False}
+    assert "attention output" in describe_selection(selection)
+    model.save_pretrained(tmp_path)
+    assert BertForQuestionAnswering.from_pretrained(tmp_path).bert.encoder.token_scorers[0].reads_attention_output
+    with pytest.raises(ValueError, match="trained on each layer's attention output"):
+        BertForQuestionAnswering.from_pretrained(tmp_path, token_scorer_input="layer_input")
+    with pytest.raises(ValueError, match="cannot go with select_before_attention"):
+        learned_model(token_scorer_input="attention_output", select_before_attention=True)
+
+
 def test_attention_criterion_unchanged_by_the_new_options():
     """A model without the learned criterion has no scorers and computes what it always did."""
     torch.manual_seed(0)
@@ -99,10 +181,13 @@ def test_attention_criterion_unchanged_by_the_new_options():
     torch.testing.assert_close(full_a, full_b)  # at full length the scorers are not used
 
 
-@pytest.mark.parametrize("scorer, before", [("linear", False), ("mlp", False), ("linear", True), ("mlp", True)])
-def test_analytic_macs_agree_with_torchprofile_learned(scorer, before):
+@pytest.mark.parametrize("scorer, before, reads", [
+    ("linear", False, "layer_input"), ("mlp", False, "layer_input"), ("linear", True, "layer_input"),
+    ("mlp", True, "layer_input"), ("bilinear", False, "layer_input"), ("bilinear", True, "layer_input"),
+    ("linear", False, "attention_output"), ("bilinear", False, "attention_output")])
+def test_analytic_macs_agree_with_torchprofile_learned(scorer, before, reads):
     model = learned_model(num_hidden_layers=3, hidden_size=32, intermediate_size=40, token_scorer=scorer,
-                          select_before_attention=before)
+                          select_before_attention=before, token_scorer_input=reads)
     attention_config = tiny_bert_config(num_hidden_layers=3, hidden_size=32, intermediate_size=40)
     for length_config in [None, (100, 70, 40), (80, 80, 30)]:
         want = profile_macs(model, 100, length_config)
@@ -110,9 +195,10 @@ def test_analytic_macs_agree_with_torchprofile_learned(scorer, before):
         assert abs(got - want) <= 1e-3 * want, (length_config, got, want)
         if length_config is not None and not before:  # the scorers' own MACs are counted
             extra = got - analytic_macs(attention_config, 100, length_config)
-            width = 32 if scorer == "linear" else 32 * 8 + 8
-            selecting_inputs = sum(n for n, k in zip((100, *length_config), length_config) if k < n)
-            assert extra == width * selecting_inputs
+            width = {"linear": 32, "mlp": 32 * 8 + 8, "bilinear": 2 * 32 + 32 * 64 + 64}[scorer]
+            selecting = [n for n, k in zip((100, *length_config), length_config) if k < n]
+            per_sequence = 32 * 64 if scorer == "bilinear" else 0  # the question's projection
+            assert extra == width * sum(selecting) + per_sequence * len(selecting)
 
 
 def test_scorers_saved_beside_the_weights_and_transformers_loads_cleanly(tmp_path):

@@ -32,6 +32,9 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("learned-onnx")
     tok = make_tiny_tokenizer(root / "tok", tiny_squad_texts())
     folders = {before: save_learned_tiny_bert(root, tok, before) for before in (False, True)}
+    # the question-aware scorer reading each layer's attention output
+    folders["bilinear"] = save_learned_tiny_bert(root, tok, name="bilinear", token_scorer="bilinear",
+                                                 token_scorer_input="attention_output")
     models = {before: load_model(str(folder)).eval() for before, folder in folders.items()}
     assert all(m.drop_criterion == "learned" for m in models.values())
     onnx = {}
@@ -51,13 +54,16 @@ def random_batch(vocab_size, batch, width, seed):
     return ids, mask, types
 
 
-@pytest.mark.parametrize("before", [False, True])
+@pytest.mark.parametrize("before", [False, True, "bilinear"])
 def test_graph_holds_the_scorers_and_their_selection(ws, before):
     """The exported graph gives the PyTorch model's logits at widths and batch sizes it was not
     traced at (each example keeps its own share), and those differ from full length: the graph
     does select. A graph that ranked by attention, or ignored the scorers, would differ."""
     model, provider = ws["models"][before], ort_backend.OrtLogits(ws["onnx"][before], threads=1)
-    assert provider.metadata.selection == {"drop_criterion": "learned", "select_before_attention": before}
+    want_selection = {"drop_criterion": "learned", "select_before_attention": before is True}
+    if before == "bilinear":
+        want_selection["token_scorer_input"] = "attention_output"
+    assert provider.metadata.selection == want_selection
     for i, (size, width) in enumerate([(3, 100), (1, 37), (4, 20)]):
         batch = random_batch(model.config.vocab_size, size, width, seed=i)
         got = provider(*batch)
@@ -103,6 +109,18 @@ def test_onnx_file_of_one_criterion_is_refused_for_the_other(ws, tmp_path):
     with pytest.raises(UsageError, match=r"selecting before attention"):
         inference.QuestionAnswerer.from_pretrained(ws["folders"][True], backend="onnxruntime",
                                                    onnx_path=ws["onnx"][False], **WINDOW)
+
+
+def test_onnx_file_of_scorers_reading_the_layer_input_refused_for_attention_output(ws, tmp_path):
+    """The same weights with config.json saying the scorers read the attention output: the file,
+    exported with scorers reading each layer's input, is refused naming both."""
+    folder = tmp_path / "reads-attention"
+    shutil.copytree(ws["folders"][False], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "token_scorer_input": "attention_output"}))
+    with pytest.raises(UsageError, match="scorers reading the attention output"):
+        inference.QuestionAnswerer.from_pretrained(folder, backend="onnxruntime", onnx_path=ws["onnx"][False],
+                                                   **WINDOW)
 
 
 def test_cache_fingerprint_covers_the_scorers(ws, tmp_path):

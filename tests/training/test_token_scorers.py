@@ -28,14 +28,16 @@ def fit_command(parent, out, *extra):
             "--train_token_scorers_only", *extra]
 
 
-@pytest.mark.parametrize("targets, scorer", [("gold", "linear"), ("soft", "mlp")])
-def test_fit_stage_trains_the_scorers_alone(parent, tmp_path, targets, scorer):
+@pytest.mark.parametrize("targets, scorer, reads", [("gold", "linear", "layer_input"), ("soft", "mlp", "layer_input"),
+                                                    ("gold", "bilinear", "attention_output")])
+def test_fit_stage_trains_the_scorers_alone(parent, tmp_path, targets, scorer, reads):
     out = tmp_path / "fit"
     assert run_squad.main(fit_command(parent, out, "--token_scorer_targets", targets,
-                                      "--token_scorer", scorer)) == 0
+                                      "--token_scorer", scorer, "--token_scorer_input", reads)) == 0
     last = out / "checkpoint-last"
     config = json.loads((last / "config.json").read_text())
     assert config["drop_criterion"] == "learned" and config["token_scorer"] == scorer
+    assert config.get("token_scorer_input", "layer_input") == reads
     before, after = load_file(str(parent / "model.safetensors")), load_file(str(last / "model.safetensors"))
     assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
     trained = load_file(str(last / SCORERS_FILE))
@@ -43,7 +45,7 @@ def test_fit_stage_trains_the_scorers_alone(parent, tmp_path, targets, scorer):
     # the scorers moved: the same run at learning rate 0 keeps their (same-seed) initialisation
     still = tmp_path / "still"
     assert run_squad.main(fit_command(parent, still, "--token_scorer_targets", targets, "--token_scorer", scorer,
-                                      "--learning_rate", "0")) == 0
+                                      "--token_scorer_input", reads, "--learning_rate", "0")) == 0
     initial = load_file(str(still / "checkpoint-last" / SCORERS_FILE))
     assert set(initial) == set(trained) and all(not torch.equal(initial[k], trained[k]) for k in trained
                                                 if k.endswith("weight"))
@@ -51,6 +53,9 @@ def test_fit_stage_trains_the_scorers_alone(parent, tmp_path, targets, scorer):
 @pytest.mark.parametrize("extra, message", [
     (["--select_before_attention"], "--select_before_attention needs the learned drop criterion"),
     (["--train_token_scorers_only", "--do_eval"], "--train_token_scorers_only needs the learned"),
+    (["--token_scorer_input", "attention_output"], "--token_scorer_input attention_output needs the learned"),
+    (["--drop_criterion", "learned", "--select_before_attention", "--token_scorer_input", "attention_output"],
+     "cannot go with --select_before_attention"),
 ])
 def test_learned_only_flags_refused_without_it(parent, tmp_path, extra, message, capsys):
     argv = ["--model_name_or_path", str(parent), "--output_dir", str(tmp_path / "o"), "--data_dir",
