@@ -834,13 +834,18 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' load, then the token scorers from ``SCORERS_FILE`` when the config asks
         for them. A folder whose own config.json says ``drop_criterion: learned`` must hold the
-        file; a model made learned by its caller's config (the fit stage) starts from fresh scorers."""
+        file; a model made learned by its caller's config (the fit stage) starts from fresh scorers,
+        as it does with ``fresh_token_scorers=True`` (the fit stage of scorers of another form than
+        the folder's)."""
+        fresh = kwargs.pop("fresh_token_scorers", False)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         if model.bert.encoder.token_scorers is None:
             return loaded
         folder = Path(pretrained_model_name_or_path)
         path = folder / SCORERS_FILE
+        if fresh:
+            return loaded
         if path.is_file():
             from safetensors.torch import load_file
 
@@ -850,12 +855,12 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 raise ValueError(f"{path}: holds {sorted(set(state) ^ expected)[:4]} against the config's "
                                  f"{model.config.num_hidden_layers} {getattr(model.config, 'token_scorer', 'linear')} "
                                  f"token scorers")
-            saved_input = token_scorer_input_of(_folder_config(folder))
-            if saved_input != token_scorer_input_of(model.config):
-                raise ValueError(f"{path}: these scorers were trained on each layer's {saved_input.replace('_', ' ')}; "
-                                 f"the config asks for scorers reading the "
-                                 f"{token_scorer_input_of(model.config).replace('_', ' ')} (fit new ones from the "
-                                 f"backbone alone, or keep the folder's token_scorer_input)")
+            saved_input, asked = token_scorer_input_of(_folder_config(folder)), token_scorer_input_of(model.config)
+            if saved_input != asked:
+                words = {"layer_input": "input", "attention_output": "attention output"}
+                raise ValueError(f"{path}: these scorers were trained on each layer's {words[saved_input]}; the "
+                                 f"config asks for scorers reading its {words[asked]} (fit new ones with "
+                                 f"--train_token_scorers_only, or keep the folder's token_scorer_input)")
             model.load_state_dict(state, strict=False)
         elif _folder_criterion(folder) == "learned":
             raise ValueError(f"{folder}: config.json says drop_criterion 'learned' but {SCORERS_FILE} is missing")

@@ -47,7 +47,10 @@ def load_tokenizer(path, do_lower_case: bool = True):
     return tokenizer
 
 
-def load_model(path: str, config_name: str | None = None, **config_overrides) -> BertForQuestionAnswering:
+def load_model(path: str, config_name: str | None = None, fresh_token_scorers: bool = False,
+               **config_overrides) -> BertForQuestionAnswering:
+    """The folder's model in float32, its config changed by ``config_overrides``;
+    ``fresh_token_scorers``: the learned criterion's scorers start untrained instead of loading."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(config_name or path)
@@ -58,7 +61,8 @@ def load_model(path: str, config_name: str | None = None, **config_overrides) ->
     # weights (speed comes from --bf16/--fp16 autocast instead).
     with quiet_transformers():
         model, info = BertForQuestionAnswering.from_pretrained(path, config=config, dtype=torch.float32,
-                                                               output_loading_info=True)
+                                                               output_loading_info=True,
+                                                               fresh_token_scorers=fresh_token_scorers)
     if info["missing_keys"]:
         logger.warning("%s: %s not in the checkpoint, initialised at random (expected when starting from "
                        "a model without a QA head: training learns them)", path, ", ".join(sorted(info["missing_keys"])))

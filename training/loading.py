@@ -11,6 +11,7 @@ from core.errors import UsageError
 from core.models import load_model_checked
 from training import distillation
 from training.runtime import Runtime
+from core.checks import read_json_object
 from core.files import writable_folder
 from training.settings import DataSettings, ModelSettings, ObjectiveSettings
 
@@ -46,6 +47,7 @@ def load_student_and_teacher(settings: ModelSettings, objective: ObjectiveSettin
                     or checkpoint_has_fit_dense(settings.model_name_or_path)):
                 overrides["fit_size"] = teacher.config.hidden_size
     student = load_model_checked(settings.student_path, settings.student_flag, settings.config_name,
+                                 fresh_token_scorers=fits_scorers_of_another_form(settings, objective),
                                  **overrides, **settings.config_overrides).to(runtime.device)
     if objective.train_token_scorers_only:  # the fit stage: only the scorers learn
         student.requires_grad_(False)
@@ -53,6 +55,17 @@ def load_student_and_teacher(settings: ModelSettings, objective: ObjectiveSettin
     if teacher is not None:
         check_teacher_fits(objective, student, teacher)
     return student, teacher
+
+
+def fits_scorers_of_another_form(settings: ModelSettings, objective: ObjectiveSettings) -> bool:
+    """The fit stage asking for scorers of another kind or input than the checkpoint's own: they
+    start untrained (elsewhere such a checkpoint is refused when it loads)."""
+    if not objective.train_token_scorers_only:
+        return False
+    saved = read_json_object(Path(settings.student_path) / "config.json", settings.student_flag)
+    asked = settings.config_overrides
+    return any(asked.get(name, default) != (saved.get(name) or default)
+               for name, default in (("token_scorer", "linear"), ("token_scorer_input", "layer_input")))
 
 
 def check_teacher_fits(objective: ObjectiveSettings, student, teacher) -> None:

@@ -156,7 +156,7 @@ def test_scorer_input_is_recorded_and_a_mismatch_refused(tmp_path):
     assert "attention output" in describe_selection(selection)
     model.save_pretrained(tmp_path)
     assert BertForQuestionAnswering.from_pretrained(tmp_path).bert.encoder.token_scorers[0].reads_attention_output
-    with pytest.raises(ValueError, match="trained on each layer's attention output"):
+    with pytest.raises(ValueError, match="trained on each layer's attention output; the config asks for scorers reading its input"):
         BertForQuestionAnswering.from_pretrained(tmp_path, token_scorer_input="layer_input")
     with pytest.raises(ValueError, match="cannot go with select_before_attention"):
         learned_model(token_scorer_input="attention_output", select_before_attention=True)

@@ -68,3 +68,26 @@ def test_fit_stage_refuses_a_teacher(parent, tmp_path, capsys):
     argv = fit_command(parent, tmp_path / "o", "--teacher_model_name_or_path", str(parent), "--pred_distill")
     assert run_squad.main(argv) == 2
     assert "fits the scorers on a frozen model" in capsys.readouterr().err
+
+
+def test_fit_stage_replaces_scorers_of_another_form(parent, tmp_path, capsys):
+    """Fitting bilinear scorers on the attention output of a checkpoint whose scorers are linear
+    on the layer input: they start untrained and the backbone stays the checkpoint's. Outside the
+    fit stage the same request is refused, since the folder's scorers read something else."""
+    linear = tmp_path / "linear"
+    assert run_squad.main(fit_command(parent, linear)) == 0
+    out = tmp_path / "bilinear"
+    assert run_squad.main(fit_command(linear / "checkpoint-last", out, "--token_scorer", "bilinear",
+                                      "--token_scorer_input", "attention_output")) == 0
+    config = json.loads((out / "checkpoint-last" / "config.json").read_text())
+    assert config["token_scorer"] == "bilinear" and config["token_scorer_input"] == "attention_output"
+    scorers = load_file(str(out / "checkpoint-last" / SCORERS_FILE))
+    assert any("question_projection" in k for k in scorers)
+    before = load_file(str(linear / "checkpoint-last" / "model.safetensors"))
+    after = load_file(str(out / "checkpoint-last" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    argv = ["--model_name_or_path", str(linear / "checkpoint-last"), "--output_dir", str(tmp_path / "eval"),
+            "--data_dir", str(TINY_SQUAD_DIR), "--do_eval", "--do_lower_case", "--max_seq_length", "128",
+            "--drop_criterion", "learned", "--token_scorer_input", "attention_output"]
+    assert run_squad.main(argv) == 2
+    assert "trained on each layer's input; the config asks for scorers reading its attention output" in capsys.readouterr().err
