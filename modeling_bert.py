@@ -241,6 +241,8 @@ class TokenScorer(nn.Module):
             hidden = hidden.float()
             logits = self.net(hidden).squeeze(-1)
             if self.kind == "bilinear":
+                if question is None:
+                    raise ValueError("the bilinear token scorer needs the question's tokens (question_tokens)")
                 weights = question.unsqueeze(-1).float()
                 asked = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, H]
                 logits = logits + (self.token_projection(hidden) * self.question_projection(asked).unsqueeze(1)).sum(-1)
